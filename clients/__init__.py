@@ -1,0 +1,1 @@
+"""Client-side training: local optimisers and training loops."""

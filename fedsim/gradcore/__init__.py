@@ -1,0 +1,60 @@
+"""The gradient-processing core: one ``(init, update)`` protocol for client and server optimizers.
+
+Why this package exists: optimizers, server optimizers, clipping and DP noise are all small transforms of an
+ordered map name -> tensor, composed with ``chain``; see ``fedsim.gradcore.base`` for the contract (updates are
+added to the parameters, states are immutable ``<Name>State`` tuples of tensors, a leading client dimension is
+allowed everywhere). This package imports only torch.
+"""
+
+from fedsim.gradcore.adaptive import ScaleByAdamState, ScaleByYogiState, scale_by_adam, scale_by_yogi
+from fedsim.gradcore.base import (
+    ChainState,
+    EmptyState,
+    GradientTransformation,
+    OptState,
+    Params,
+    Schedule,
+    Updates,
+    apply_updates,
+    chain,
+    identity,
+    stateless,
+    tree_map,
+)
+from fedsim.gradcore.clipping import clip_by_global_norm, global_norm
+from fedsim.gradcore.momentum import TraceState, trace
+from fedsim.gradcore.scaling import (
+    ScaleByScheduleState,
+    add_decayed_weights,
+    scale,
+    scale_by_learning_rate,
+    scale_by_schedule,
+)
+
+__all__ = [
+    "ChainState",
+    "EmptyState",
+    "GradientTransformation",
+    "OptState",
+    "Params",
+    "ScaleByAdamState",
+    "ScaleByScheduleState",
+    "ScaleByYogiState",
+    "Schedule",
+    "TraceState",
+    "Updates",
+    "add_decayed_weights",
+    "apply_updates",
+    "chain",
+    "clip_by_global_norm",
+    "global_norm",
+    "identity",
+    "scale",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+    "scale_by_yogi",
+    "stateless",
+    "trace",
+    "tree_map",
+]

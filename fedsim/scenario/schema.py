@@ -1,0 +1,146 @@
+"""The scenario file as frozen, validated types.
+
+A scenario says everything a run needs (see ``shared/specs/scenario.md`` and ``docs/scenarios.md``). Every model
+forbids unknown keys and is immutable, so a resolved scenario can be written back out and rerun unchanged.
+Cross-field rules (e.g. ``clients_per_round <= population.clients``) live on :class:`Scenario`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Frozen):
+    """A per-client quantity drawn once per logical client: constant, log-normal, uniform or normal."""
+
+    dist: Literal["constant", "lognormal", "uniform", "normal"] = "constant"
+    value: float | None = None
+    mean: float | None = None
+    sigma: float | None = Field(default=None, ge=0)
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> Distribution:
+        need = {
+            "constant": ("value",),
+            "lognormal": ("mean", "sigma"),
+            "normal": ("mean", "sigma"),
+            "uniform": ("low", "high"),
+        }[self.dist]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(
+                f"a {self.dist} distribution needs {', '.join(need)}; missing {', '.join(missing)}"
+            )
+        if self.dist == "uniform" and self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError("a uniform distribution needs low <= high")
+        return self
+
+
+class DataConfig(_Frozen):
+    dataset: str = "digits"
+    args: dict[str, Any] = Field(default_factory=dict)
+    partitioner: str = "dirichlet"
+    partitioner_args: dict[str, Any] = Field(default_factory=lambda: {"alpha": 0.5})
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
+class DevicesConfig(_Frozen):
+    """Heterogeneity of the population; quantities are samples/s and bytes/s."""
+
+    speed: Distribution = Distribution(dist="constant", value=100.0)
+    bandwidth: Distribution = Distribution(dist="constant", value=1.0e7)
+    availability: float = Field(default=1.0, ge=0.0, le=1.0)
+    failure: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class PopulationConfig(_Frozen):
+    clients: int = Field(default=100, ge=1)
+    devices: DevicesConfig = DevicesConfig()
+
+
+class ModelConfig(_Frozen):
+    name: str = "mlp"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerSpec(_Frozen):
+    """A registered optimizer name and its keyword arguments (validated by the optimizer registry)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    def kwargs(self) -> dict[str, Any]:
+        """The optimizer's arguments (every key but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+class ClientConfig(_Frozen):
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    optimizer: OptimizerSpec = OptimizerSpec(name="sgd", lr=0.05)
+    optimizer_state: Literal["fresh", "persistent"] = "fresh"
+
+
+class StrategyConfig(_Frozen):
+    name: str = "fedavg"
+    clients_per_round: int = Field(default=10, ge=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+    server_optimizer: OptimizerSpec = OptimizerSpec(name="sgd", lr=1.0)
+
+
+class EngineConfig(_Frozen):
+    workers: int | str = "auto"
+    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    vectorize: Literal["auto", "on", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray_address: str | None = None
+    register_timeout_s: float = Field(default=120.0, gt=0)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_positive(cls, v: int | str) -> int | str:
+        if (isinstance(v, str) and v != "auto") or (isinstance(v, int) and v < 1):
+            raise ValueError(f"must be 'auto' or an integer >= 1. Got {v!r}")
+        return v
+
+
+class EvaluationConfig(_Frozen):
+    every: int = Field(default=1, ge=1)
+
+
+class OutputConfig(_Frozen):
+    dir: str = "runs"
+    checkpoint_every: int = Field(default=0, ge=0)
+
+
+class Scenario(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = Field(default=0, ge=0)
+    rounds: int = Field(default=30, ge=1)
+    data: DataConfig = DataConfig()
+    population: PopulationConfig = PopulationConfig()
+    model: ModelConfig = ModelConfig()
+    client: ClientConfig = ClientConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    privacy: None = None
+    engine: EngineConfig = EngineConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cohort_fits_population(self) -> Scenario:
+        k, n = self.strategy.clients_per_round, self.population.clients
+        if k > n:
+            raise ValueError(
+                f"strategy.clients_per_round must be an integer between 1 and population.clients ({n}). Got {k}"
+            )
+        return self

@@ -1,0 +1,99 @@
+"""Laws that hold for every input (hypothesis): the clipping bound, clipping as a no-op below it, no mutation."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import torch
+from hypothesis import example, given, settings
+from hypothesis.extra.numpy import arrays
+
+from fedsim.gradcore import clip_by_global_norm, global_norm
+
+SETTINGS = settings(max_examples=150, deadline=None)
+REL = 1e-5  # fp32 rounding of the norm and of the factor max_norm / norm
+
+_finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32)
+
+
+@st.composite
+def updates(draw, batch: int = 0) -> dict[str, torch.Tensor]:
+    """1-3 named float32 tensors of small random shapes (with ``batch`` shared leading axes), zeros likely."""
+    lead = tuple(draw(st.integers(1, 3)) for _ in range(batch))
+    out = {}
+    for i in range(draw(st.integers(1, 3))):
+        shape = lead + tuple(draw(st.lists(st.integers(1, 4), max_size=2)))
+        elems = st.one_of(st.just(0.0), _finite)
+        out[f"t{i}"] = torch.from_numpy(draw(arrays("float32", shape, elements=elems)).copy())
+    return out
+
+
+ZEROS = {"t0": torch.zeros(3, 2), "t1": torch.zeros(2)}
+ZEROS_BATCHED = {"t0": torch.zeros(2, 3), "t1": torch.zeros(2)}
+
+
+@SETTINGS
+@given(updates(), st.floats(1e-3, 1e3))
+@example(ZEROS, 1.0)
+def test_clipped_norm_is_bounded(grads, max_norm):
+    tx = clip_by_global_norm(max_norm)
+    out, _ = tx.update(grads, tx.init(grads))
+    norm = global_norm(out)
+    assert torch.isfinite(norm)
+    assert float(norm) <= max_norm * (1 + REL)
+
+
+@SETTINGS
+@given(updates(batch=1), st.floats(1e-3, 1e3))
+@example(ZEROS_BATCHED, 1.0)
+def test_clipped_norm_is_bounded_per_client(grads, max_norm):
+    tx = clip_by_global_norm(max_norm, batch_dims=1)
+    out, _ = tx.update(grads, tx.init(grads))
+    norms = global_norm(out, batch_dims=1)
+    assert torch.isfinite(norms).all()
+    assert (norms <= max_norm * (1 + REL)).all()
+
+
+@SETTINGS
+@given(updates(), st.floats(1.0, 10.0))
+@example(ZEROS, 1.0)
+def test_clipping_is_a_no_op_below_the_bound(grads, slack):
+    max_norm = max(float(global_norm(grads)) * slack, 1e-6)
+    tx = clip_by_global_norm(max_norm)
+    out, _ = tx.update(grads, tx.init(grads))
+    assert all(torch.equal(out[k], grads[k]) for k in grads)
+
+
+@settings(max_examples=25, deadline=None)
+@given(grads=updates())
+def test_inputs_are_never_mutated(make_transform, grads):
+    tx = make_transform(0)
+    params = {k: v + 1.0 for k, v in grads.items()}
+    params_before = {k: v.clone() for k, v in params.items()}
+    state = tx.init(params)
+    for _ in range(2):
+        state_before = _clone(state)
+        grads_before = {k: v.clone() for k, v in grads.items()}
+        _, new_state = tx.update(grads, state, params)
+        assert _equal(grads, grads_before) and _equal(params, params_before) and _equal(state, state_before)
+        state = new_state
+
+
+def _clone(tree):
+    return _map(lambda x: x.clone(), tree)
+
+
+def _map(fn, tree):
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _map(fn, v) for k, v in tree.items()}
+    if hasattr(tree, "_fields"):
+        return type(tree)(*(_map(fn, v) for v in tree))
+    return tuple(_map(fn, v) for v in tree)
+
+
+def _equal(a, b) -> bool:
+    flat_a, flat_b = [], []
+    _map(flat_a.append, a)
+    _map(flat_b.append, b)
+    return len(flat_a) == len(flat_b) and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True))
