@@ -1,0 +1,131 @@
+"""The ``fedsim`` command line: ``run`` and ``validate`` scenario files.
+
+Every problem a user can fix is printed as one line on stderr with exit code 2; no traceback unless
+``FEDSIM_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedsim import __version__
+from fedsim.errors import FedsimError
+
+app = typer.Typer(
+    name="fedsim",
+    help=(
+        "Federated learning and differential-privacy simulation on Flower + Ray.\n\n"
+        "Scenario files (YAML) describe a run: data and partitioning, population, model, client training, "
+        "strategy, engine. See docs/scenarios.md."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (YAML), e.g. scenarios/quickstart.yaml.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Federated learning and differential-privacy simulation on Flower + Ray."""
+
+
+@app.command()
+def run(
+    scenario: ScenarioArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Results root folder (default: the scenario's output.dir)."),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Override the scenario's number of rounds.")] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display; only the summary line.")
+    ] = False,
+) -> None:
+    """Simulate a scenario; results go to <output.dir>/<name>/<timestamp>/.
+
+    Prints a live progress bar, then one summary line with test_accuracy= and the results folder.
+    """
+    from fedsim.scenario import load_scenario, parse_scenario
+
+    sc = load_scenario(scenario)
+    if rounds is not None:
+        sc = parse_scenario({**sc.model_dump(mode="json"), "rounds": rounds}, source=f"{scenario} (--rounds)")
+    from fedsim.run import run_scenario
+
+    outcome = run_scenario(sc, output_root=output, show_progress=not quiet)
+    typer.echo(outcome.summary_line())
+
+
+@app.command()
+def validate(
+    scenarios: Annotated[list[Path], typer.Argument(help="One or more scenario files to check.")],
+) -> None:
+    """Check scenario files: schema, values and every registered name. Exit 2 if any is invalid."""
+    from fedsim.scenario import load_scenario
+
+    bad = 0
+    for path in scenarios:
+        try:
+            sc = load_scenario(path)
+        except FedsimError as exc:
+            typer.echo(f"fedsim: error: {exc}", err=True)
+            bad += 1
+        else:
+            typer.echo(f"{path}: ok ({sc.name}: {sc.rounds} rounds, {sc.population.clients} clients)")
+    if bad:
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    """Console-script entry point: maps user errors to one line and exit code 2."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    debug = os.environ.get("FEDSIM_DEBUG") == "1"
+    try:
+        code = app(standalone_mode=False)  # click returns (not raises) Exit codes in this mode
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except FedsimError as exc:
+        if debug:
+            raise
+        typer.echo(f"fedsim: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("fedsim: interrupted; finished rounds are kept in the results folder.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors are handled by click itself below
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if debug:
+            raise
+        typer.echo(
+            f"fedsim: internal error: {type(exc).__name__}: {exc} (set FEDSIM_DEBUG=1 for a traceback)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

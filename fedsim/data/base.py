@@ -1,0 +1,112 @@
+"""The contract between ``load_federated_data`` and the dataset modules, plus the helpers they share.
+
+A dataset is a function registered in ``DATASETS`` (plain names such as ``digits``) or ``PREFIXED_DATASETS``
+(``hf:<name>``, ``parquet:<path>``) that turns a ``DataRequest`` into ``SplitData``: numpy train/test arrays,
+optionally natural user ids, and optionally the partitions themselves (the Hugging Face loader partitions inside
+flwr-datasets' ``FederatedDataset``). Everything random is drawn from generators derived from the one run seed
+through ``DataRequest.rng``/``DataRequest.int_seed``, so the same request gives bit-identical data in any process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsim.registry import Registry
+
+# Independent random streams of the data pipeline (SeedSequence spawn keys under the run seed). The 0xDA7A
+# prefix keeps them apart from the engine's streams, which use other tags under the same seed.
+_DATA_TAG = 0xDA7A
+GENERATE = 0  # drawing a generated dataset (synthetic, MNIST-1D)
+TEST_SPLIT = 1  # holding out the central test set
+PARTITION = 2  # shuffling rows and the partitioner's own RNG
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """Everything a dataset loader may use; built once by ``load_federated_data`` from validated input.
+
+    Attributes:
+        args: ``data.args`` as given (the loader validates its own keys).
+        target: the part after the colon for prefixed datasets (``mnist`` in ``hf:mnist``), else ``None``.
+        name: the full dataset name, for messages.
+        partitioner: ``data.partitioner``.
+        partitioner_args: ``data.partitioner_args`` as given.
+        test_fraction: fraction of examples held out as the central test set.
+        num_clients: number of logical clients (partitions).
+        seed: the run seed (an integer >= 0).
+    """
+
+    args: Mapping[str, Any]
+    target: str | None
+    name: str
+    partitioner: str
+    partitioner_args: Mapping[str, Any]
+    test_fraction: float
+    num_clients: int
+    seed: int
+
+    def rng(self, stream: int) -> np.random.Generator:
+        """A generator for one named stream (``GENERATE``, ``TEST_SPLIT``, ``PARTITION``)."""
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_DATA_TAG, stream)))
+
+    def int_seed(self, stream: int) -> int:
+        """A 32-bit integer seed for one stream, for libraries that take an ``int`` (flwr-datasets, datasets)."""
+        return int(np.random.SeedSequence(self.seed, spawn_key=(_DATA_TAG, stream)).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """A dataset after the central test split, before (or, for ``partitions`` set, after) partitioning.
+
+    Attributes:
+        train_x: float32 ``[N, *input_shape]``.
+        train_y: int64 ``[N]`` labels in ``[0, num_classes)``.
+        test_x: float32 ``[M, *input_shape]``.
+        test_y: int64 ``[M]``.
+        num_classes: number of classes.
+        train_users: natural user id per training example (enables the ``natural`` partitioner), or ``None``.
+        partitions: index arrays into ``train_x``, one per client, when the loader partitioned itself.
+    """
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    train_users: np.ndarray | None = None
+    partitions: tuple[np.ndarray, ...] | None = None
+
+
+DatasetLoader = Callable[[DataRequest], SplitData]
+
+DATASETS: Registry[DatasetLoader] = Registry("data.dataset")
+"""Plain dataset names (``digits``, ``mnist1d``, ``synthetic``)."""
+
+PREFIXED_DATASETS: Registry[DatasetLoader] = Registry("data.dataset")
+"""Dataset families addressed as ``<prefix>:<target>`` (``hf``, ``parquet``)."""
+
+PREFIX_PLACEHOLDERS = {"hf": "hf:<name>", "parquet": "parquet:<path>"}
+
+
+def stratified_split(
+    y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split example indices into (train, test) with ``round(fraction * n_c)`` test examples of each class.
+
+    Stratifying keeps the central test set's label mix equal to the population's, which a plain random split of a
+    small dataset (digits has ~180 examples per class) does only approximately. Both index arrays are sorted.
+    """
+    test_parts = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        n_test = int(round(fraction * len(members)))
+        if fraction > 0 and n_test == len(members):  # keep at least one training example per class
+            n_test -= 1
+        test_parts.append(rng.permutation(members)[:n_test])
+    test = np.sort(np.concatenate(test_parts)) if test_parts else np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return train.astype(np.int64), test.astype(np.int64)

@@ -1,0 +1,166 @@
+"""``FederatedData`` and ``load_federated_data``: the one entry point the engine uses to get a run's data.
+
+The server and every worker process call ``load_federated_data`` with the same scenario arguments and get
+bit-identical tensors and partitions, because every random choice is drawn from generators derived from the run
+seed (see ``fedsim.data.base.DataRequest``). Nothing is shipped between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsim.data._args import check_number
+from fedsim.data.base import (
+    DATASETS,
+    PARTITION,
+    PREFIX_PLACEHOLDERS,
+    PREFIXED_DATASETS,
+    DataRequest,
+    DatasetLoader,
+)
+from fedsim.data.partitioners import PARTITIONERS, partition_arrays
+from fedsim.errors import ConfigError, UnknownNameError
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedData:
+    """A partitioned dataset: the pooled training set, the central test set and one index array per client.
+
+    Attributes:
+        train_x: float32 ``[N, *input_shape]``.
+        train_y: int64 ``[N]``.
+        test_x: float32 ``[M, *input_shape]``, the held-out central test set.
+        test_y: int64 ``[M]``.
+        partitions: one read-only int64 index array into ``train_x`` per logical client.
+        num_classes: number of classes (labels lie in ``[0, num_classes)``).
+        input_shape: shape of one example, e.g. ``(64,)`` for digits or ``(C, H, W)`` for images.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    partitions: tuple[np.ndarray, ...]
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client ``cid``'s examples ``(x, y)`` (new tensors; the pooled ones are not shared)."""
+        idx = torch.from_numpy(np.array(self.partitions[self._check(cid)], dtype=np.int64))
+        return self.train_x[idx], self.train_y[idx]
+
+    def num_examples(self, cid: int) -> int:
+        """Number of training examples of client ``cid``."""
+        return len(self.partitions[self._check(cid)])
+
+    def _check(self, cid: int) -> int:
+        if not 0 <= cid < len(self.partitions):
+            raise IndexError(f"client id {cid} out of range [0, {len(self.partitions)})")
+        return cid
+
+
+def dataset_names() -> list[str]:
+    """Registered plain dataset names (``hf:<name>`` and ``parquet:<path>`` are accepted besides these)."""
+    return DATASETS.names()
+
+
+def partitioner_names() -> list[str]:
+    """Registered partitioner names."""
+    return PARTITIONERS.names()
+
+
+def resolve_dataset(name: str) -> tuple[DatasetLoader, str | None]:
+    """The loader for ``name`` and, for ``<prefix>:<target>`` names, the target.
+
+    Raises:
+        UnknownNameError: listing the plain names and the prefixed forms.
+        ConfigError: a prefixed name with an empty target (``hf:``).
+    """
+    if not isinstance(name, str):
+        raise ConfigError("data.dataset", "a dataset name", name)
+    if name in DATASETS:
+        return DATASETS.get(name), None
+    prefix, sep, target = name.partition(":")
+    if sep and prefix in PREFIXED_DATASETS:
+        if not target:
+            raise ConfigError(
+                "data.dataset", f"{PREFIX_PLACEHOLDERS.get(prefix, prefix + ':<target>')}", name
+            )
+        return PREFIXED_DATASETS.get(prefix), target
+    known = [
+        *DATASETS.names(),
+        *(PREFIX_PLACEHOLDERS.get(p, p + ":<target>") for p in PREFIXED_DATASETS.names()),
+    ]
+    raise UnknownNameError("data.dataset", name, known)
+
+
+def load_federated_data(
+    *,
+    dataset: str,
+    args: Mapping[str, Any],
+    partitioner: str,
+    partitioner_args: Mapping[str, Any],
+    test_fraction: float,
+    num_clients: int,
+    seed: int,
+) -> FederatedData:
+    """Load (or generate) ``dataset``, hold out the central test set and partition the rest over the clients.
+
+    Deterministic: the same arguments give bit-identical tensors and partitions in any process.
+
+    Args:
+        dataset: ``data.dataset`` (``digits``, ``synthetic``, ``mnist1d``, ``hf:<name>``, ``parquet:<path>``).
+        args: ``data.args`` for the dataset.
+        partitioner: ``data.partitioner`` (``iid``, ``dirichlet``, ``pathological``, ``shard``, ``natural``).
+        partitioner_args: ``data.partitioner_args``.
+        test_fraction: ``data.test_fraction`` in [0, 1) (ignored when a dataset has its own test split).
+        num_clients: ``population.clients``.
+        seed: the run seed.
+
+    Raises:
+        ConfigError: any invalid value, naming its dotted scenario field; ``UnknownNameError`` for names.
+    """
+    check_number("seed", seed, integer=True, low=0)
+    check_number("population.clients", num_clients, integer=True, low=1)
+    check_number("data.test_fraction", test_fraction, low=0, high=1, high_open=True)
+    loader, target = resolve_dataset(dataset)
+    PARTITIONERS.get(partitioner)  # fail on the name before loading anything
+    for field, value in (("data.args", args), ("data.partitioner_args", partitioner_args)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(field, "a mapping", value)
+    request = DataRequest(
+        args=dict(args or {}),
+        target=target,
+        name=dataset,
+        partitioner=partitioner,
+        partitioner_args=dict(partitioner_args or {}),
+        test_fraction=float(test_fraction),
+        num_clients=int(num_clients),
+        seed=int(seed),
+    )
+    split = loader(request)
+    partitions = split.partitions
+    if partitions is None:
+        partitions = partition_arrays(
+            split.train_y,
+            split.train_users,
+            name=partitioner,
+            values=request.partitioner_args,
+            num_clients=request.num_clients,
+            rng=request.rng(PARTITION),
+            dataset=dataset,
+        )
+    return FederatedData(
+        train_x=torch.from_numpy(np.ascontiguousarray(split.train_x, dtype=np.float32)),
+        train_y=torch.from_numpy(np.ascontiguousarray(split.train_y, dtype=np.int64)),
+        test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
+        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=np.int64)),
+        partitions=tuple(partitions),
+        num_classes=int(split.num_classes),
+        input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
+    )

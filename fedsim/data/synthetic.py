@@ -1,0 +1,127 @@
+"""LEAF/FedProx Synthetic(alpha, beta): generated per-user logistic-regression data of tunable heterogeneity.
+
+Each of ``num_clients`` users gets its own local model and its own feature distribution. The user id is kept, so
+the ``natural`` partitioner gives every user exactly its own data, while ``iid``/``dirichlet``/... repartition the
+pooled examples.
+
+Note (true of the reference generator too): ``alpha`` shifts every entry of W_k and b_k by the same u_k, which
+adds u_k * (sum(x) + 1) to *every* class logit, so the argmax labels do not depend on alpha. Local models differ
+through their independent N(0, 1) draws whatever alpha is; ``beta`` spreads the users' feature means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fedsim.data._args import Args
+from fedsim.data.base import DATASETS, GENERATE, DataRequest, SplitData
+from fedsim.errors import ConfigError
+
+# FedProx's generator adds 50 to the log-normal draw so that no user is (nearly) empty.
+DEFAULT_MIN_SAMPLES = 50
+# Guard against a typo such as mean: 40 asking for e^40 examples.
+MAX_TOTAL_SAMPLES = 10**8
+
+
+@DATASETS.register("synthetic")
+def synthetic(request: DataRequest) -> SplitData:
+    """Synthetic(alpha, beta) with one user per client.
+
+    For user k: u_k ~ N(0, alpha), B_k ~ N(0, beta); W_k ~ N(u_k, 1) of shape [dim, classes], b_k ~ N(u_k, 1);
+    v_k ~ N(B_k, 1) per feature; x ~ N(v_k, Sigma) with Sigma diagonal, Sigma_jj = j^-1.2 (j from 1);
+    y = argmax softmax(x W_k + b_k) (= argmax of the logits). With ``iid: true`` (FedProx's Synthetic-IID) all
+    users share one W, b ~ N(0, 1) and the feature mean 0; alpha and beta are then unused. The number of examples of user k is
+    ``int(lognormal(mean, sigma)) + min`` (optionally capped at ``max``), or a constant. The last
+    ``round(test_fraction * n_k)`` examples of each user (at most n_k - 1) form the central test set, so the test
+    set follows the population mixture.
+
+    ``data.args``: ``alpha`` (1.0), ``beta`` (1.0), ``dim`` (60), ``classes`` (10), ``iid`` (false),
+    ``samples`` ({dist: lognormal, mean: 4.0, sigma: 2.0, min: 50, max: null} or {dist: constant, value: n}).
+
+    References:
+        Li, T., Sahu, A. K., Zaheer, M., Sanjabi, M., Talwalkar, A. and Smith, V., "Federated Optimization in
+        Heterogeneous Networks" (FedProx), MLSys 2020, arXiv:1812.06127, Sec. 5.1; generator followed:
+        github.com/litian96/FedProx, data/synthetic_1_1/generate_synthetic.py (log-normal(4, 2) + 50 counts)
+        and data/synthetic_iid/generate_iid.py.
+        Caldas, S. et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097, 2018.
+    """
+    args = Args(
+        request.args,
+        field="data.args",
+        owner="synthetic",
+        accepted=("alpha", "beta", "dim", "classes", "samples", "iid"),
+    )
+    alpha = args.number("alpha", 1.0, low=0)
+    beta = args.number("beta", 1.0, low=0)
+    dim = args.number("dim", 60, integer=True, low=1)
+    classes = args.number("classes", 10, integer=True, low=2)
+    iid = args.boolean("iid", False)
+    users = request.num_clients
+    rng = request.rng(GENERATE)
+    counts = sample_counts(args.mapping("samples"), users, rng)
+
+    u = rng.normal(0.0, alpha, users)
+    big_b = rng.normal(0.0, beta, users)
+    sigma_sqrt = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)  # std devs of the diagonal Sigma
+    if iid:
+        means = np.zeros((users, dim))
+        w_shared = rng.normal(0.0, 1.0, (dim, classes))
+        b_shared = rng.normal(0.0, 1.0, classes)
+    else:
+        means = rng.normal(big_b[:, None], 1.0, (users, dim))
+
+    train_x, train_y, train_u, test_x, test_y = [], [], [], [], []
+    for k in range(users):
+        if iid:
+            w, b = w_shared, b_shared
+        else:
+            w = rng.normal(u[k], 1.0, (dim, classes))
+            b = rng.normal(u[k], 1.0, classes)
+        n = int(counts[k])
+        x = means[k] + rng.standard_normal((n, dim)) * sigma_sqrt
+        y = np.argmax(x @ w + b, axis=1)
+        n_test = min(int(round(request.test_fraction * n)), n - 1)
+        n_train = n - n_test
+        train_x.append(x[:n_train])
+        train_y.append(y[:n_train])
+        train_u.append(np.full(n_train, k, dtype=np.int64))
+        test_x.append(x[n_train:])
+        test_y.append(y[n_train:])
+    return SplitData(
+        train_x=np.concatenate(train_x).astype(np.float32),
+        train_y=np.concatenate(train_y).astype(np.int64),
+        test_x=np.concatenate(test_x).astype(np.float32).reshape(-1, dim),
+        test_y=np.concatenate(test_y).astype(np.int64),
+        num_classes=classes,
+        train_users=np.concatenate(train_u),
+    )
+
+
+def sample_counts(spec: Mapping[str, Any] | None, users: int, rng: np.random.Generator) -> np.ndarray:
+    """Examples per user from ``data.args.samples`` (default: FedProx's ``int(lognormal(4, 2)) + 50``)."""
+    field = "data.args.samples"
+    spec = dict(spec or {"dist": "lognormal"})
+    dist = spec.pop("dist", "lognormal")
+    if dist == "constant":
+        sub = Args(spec, field=field, owner="samples {dist: constant}", accepted=("value",))
+        value = sub.number("value", integer=True, low=2)
+        return np.full(users, value, dtype=np.int64)
+    if dist != "lognormal":
+        raise ConfigError(f"{field}.dist", "one of lognormal, constant", dist)
+    sub = Args(spec, field=field, owner="samples {dist: lognormal}", accepted=("mean", "sigma", "min", "max"))
+    mean = sub.number("mean", 4.0)
+    sigma = sub.number("sigma", 2.0, low=0)
+    low = sub.number("min", DEFAULT_MIN_SAMPLES, integer=True, low=2)
+    high = sub.number("max", None, integer=True, low=low)
+    draws = rng.lognormal(mean, sigma, users)
+    if high is not None:
+        draws = np.minimum(draws, high)
+    if draws.sum() > MAX_TOTAL_SAMPLES:
+        raise ConfigError(
+            field, f"a distribution giving at most {MAX_TOTAL_SAMPLES:.0e} examples in all", dict(spec)
+        )
+    counts = draws.astype(np.int64) + low
+    return counts if high is None else np.minimum(counts, high)

@@ -1,0 +1,1 @@
+"""The engine: the round loop (server), workers (Flower ClientApp), cohort training, Flower/Ray glue."""

@@ -1,0 +1,115 @@
+"""The message schema between the ServerApp and a worker's ClientApp, in one place.
+
+Every key that crosses the Flower boundary is a constant here; encode/decode functions turn the engine's
+typed objects into Flower ``RecordDict``s and back. The same schema serves simulation (a worker hosts many
+logical clients) and deployment (a device hosts one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
+
+MESSAGE_TYPE_TRAIN = "train"
+
+PARAMS = "fedsim.params"
+CONFIG = "fedsim.config"
+DELTA_SUM = "fedsim.delta_sum"
+STATS = "fedsim.stats"
+
+SCENARIO_JSON = "scenario_json"
+ROUND = "round"
+CLIENT_IDS = "client_ids"
+CLIENT_SEEDS = "client_seeds"
+
+WEIGHT_SUM = "weight_sum"
+NUM_EXAMPLES = "num_examples"
+TRAIN_LOSS = "train_loss"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What a worker needs for one round: the scenario, the round, the global model and its clients."""
+
+    scenario: Mapping[str, Any]
+    round: int
+    params: dict[str, torch.Tensor]
+    tasks: tuple[ClientTask, ...]
+
+    @property
+    def train_config(self) -> TrainConfig:
+        client = self.scenario["client"]
+        opt = dict(client["optimizer"])
+        return TrainConfig(
+            epochs=int(client["epochs"]),
+            batch_size=int(client["batch_size"]),
+            optimizer=str(opt.pop("name")),
+            optimizer_args=opt,
+        )
+
+
+def encode_train_request(
+    *,
+    scenario: Mapping[str, Any],
+    round: int,
+    params: Mapping[str, torch.Tensor],
+    tasks: Sequence[ClientTask],
+) -> RecordDict:
+    """Server side: one worker's round of work as a RecordDict."""
+    config = ConfigRecord(
+        {
+            SCENARIO_JSON: json.dumps(scenario, sort_keys=True),
+            ROUND: int(round),
+            CLIENT_IDS: [int(t.cid) for t in tasks],
+            CLIENT_SEEDS: [int(t.seed) for t in tasks],
+        }
+    )
+    return RecordDict({PARAMS: ArrayRecord({k: v.detach().cpu() for k, v in params.items()}), CONFIG: config})
+
+
+def decode_train_request(content: RecordDict) -> TrainRequest:
+    """Worker side: the inverse of :func:`encode_train_request`."""
+    cfg = content.config_records[CONFIG]
+    ids = [int(c) for c in cfg[CLIENT_IDS]]  # type: ignore[union-attr]
+    seeds = [int(s) for s in cfg[CLIENT_SEEDS]]  # type: ignore[union-attr]
+    return TrainRequest(
+        scenario=json.loads(str(cfg[SCENARIO_JSON])),
+        round=int(cfg[ROUND]),  # type: ignore[arg-type]
+        params=dict(content.array_records[PARAMS].to_torch_state_dict()),
+        tasks=tuple(ClientTask(cid=c, seed=s) for c, s in zip(ids, seeds, strict=True)),
+    )
+
+
+def encode_train_reply(result: WorkerResult) -> RecordDict:
+    """Worker side: the reduced sum and per-client facts."""
+    stats = MetricRecord(
+        {
+            WEIGHT_SUM: float(result.weight_sum),
+            CLIENT_IDS: [int(c) for c in result.client_ids],
+            NUM_EXAMPLES: [int(n) for n in result.num_examples],
+            TRAIN_LOSS: [float(x) for x in result.train_loss],
+            FAILED: [int(c) for c in result.failed],
+        }
+    )
+    return RecordDict({DELTA_SUM: ArrayRecord(dict(result.weighted_delta_sum)), STATS: stats})
+
+
+def decode_train_reply(content: RecordDict) -> WorkerResult:
+    """Server side: the inverse of :func:`encode_train_reply`."""
+    stats = content.metric_records[STATS]
+    return WorkerResult(
+        weighted_delta_sum=dict(content.array_records[DELTA_SUM].to_torch_state_dict()),
+        weight_sum=float(stats[WEIGHT_SUM]),  # type: ignore[arg-type]
+        client_ids=[int(c) for c in stats[CLIENT_IDS]],  # type: ignore[union-attr]
+        num_examples=[int(n) for n in stats[NUM_EXAMPLES]],  # type: ignore[union-attr]
+        train_loss=[float(x) for x in stats[TRAIN_LOSS]],  # type: ignore[union-attr]
+        failed=[int(c) for c in stats[FAILED]],  # type: ignore[union-attr]
+    )

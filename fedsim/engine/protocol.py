@@ -1,0 +1,46 @@
+"""Types the engine passes between the server loop, the Flower boundary and the cohort trainers.
+
+Strategies may import this module (types only); it imports neither flwr nor ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How every client of a round trains locally (from the scenario's ``client`` block)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    optimizer_args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One logical client to train this round, with its own seed (shuffling, dropout, ...)."""
+
+    cid: int
+    seed: int
+
+
+@dataclass
+class WorkerResult:
+    """A worker's reply for one round: the reduced sum over its clients plus per-client facts.
+
+    ``weighted_delta_sum`` is Σ_i n_i (θ_i − θ) over the clients that succeeded; ``failed`` lists clients whose
+    update was unusable (e.g. non-finite) and were left out.
+    """
+
+    weighted_delta_sum: dict[str, torch.Tensor]
+    weight_sum: float
+    client_ids: list[int]
+    num_examples: list[int]
+    train_loss: list[float]
+    failed: list[int]

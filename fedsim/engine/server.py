@@ -1,0 +1,239 @@
+"""The server side of the engine: the round loop, run inside a Flower ServerApp.
+
+The engine owns the loop: it waits (with a deadline) for every worker to register, asks the strategy for the
+round's clients, sends each worker ONE message with the model and the list of logical clients it must train,
+collects one reply per worker (with a deadline), lets the strategy aggregate, evaluates centrally, and hands
+each round's metrics to a recorder. Randomness comes from numpy generators derived from the scenario seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from flwr.app import Message
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedsim.data import FederatedData
+from fedsim.engine.messages import MESSAGE_TYPE_TRAIN, decode_train_reply, encode_train_request
+from fedsim.engine.profiles import DeviceProfiles
+from fedsim.engine.protocol import ClientTask, WorkerResult
+from fedsim.engine.setup import CLIENT_SEED_TAG, DEVICE_TAG, SAMPLING_TAG, build_data, build_initial_model
+from fedsim.errors import EngineError
+from fedsim.scenario import Scenario
+from strategies import ReducedUpdates, Strategy, build_strategy
+
+
+class Recorder(Protocol):
+    """Where the loop puts what it produces (a results folder, or memory in tests)."""
+
+    def write_round(self, row: Mapping[str, Any]) -> None: ...
+
+    def save_checkpoint(
+        self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any
+    ) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    """The outcome of a finished run (the last metrics row and the final parameters)."""
+
+    rounds: int
+    last_row: dict[str, Any] = field(default_factory=dict)
+    final_params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def wait_for_workers(
+    grid: Grid, *, expected: int | None, timeout_s: float, poll_s: float = 0.2, settle_s: float = 2.0
+) -> list[int]:
+    """Block until ``expected`` workers have registered (or, if unknown, until their number settles).
+
+    Raises:
+        EngineError: the deadline passed first.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: list[int] = []
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if nodes != last:
+            last, stable_since = nodes, time.monotonic()
+        if expected is not None and len(nodes) >= expected:
+            return nodes[:expected] if len(nodes) > expected else nodes
+        if expected is None and nodes and time.monotonic() - stable_since >= settle_s:
+            return nodes
+        time.sleep(poll_s)
+    want = f"{expected}" if expected is not None else "at least 1"
+    raise EngineError(
+        f"engine.register_timeout_s: only {len(last)} of {want} workers registered within {timeout_s:g} s."
+    )
+
+
+def shard(client_ids: Iterable[int], node_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Stable sharding rule: logical client ``cid`` lives on worker ``node_ids[cid % len(node_ids)]``."""
+    out: dict[int, list[int]] = {n: [] for n in node_ids}
+    for cid in client_ids:
+        out[node_ids[cid % len(node_ids)]].append(int(cid))
+    return out
+
+
+def client_seed(scenario_seed: int, round: int, cid: int) -> int:
+    """The training seed of client ``cid`` in ``round`` (31-bit; independent of sharding)."""
+    return int(np.random.SeedSequence([scenario_seed, CLIENT_SEED_TAG, round, cid]).generate_state(1)[0] >> 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    return loss_sum / len(x), correct / len(x)
+
+
+def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.Tensor]) -> ReducedUpdates:
+    """Sum the workers' reduced sums into one :class:`ReducedUpdates`."""
+    total = {k: torch.zeros_like(v) for k, v in params.items() if v.is_floating_point()}
+    for r in results:
+        for k, v in r.weighted_delta_sum.items():
+            total[k] = total[k] + v
+    return ReducedUpdates(
+        weighted_delta_sum=total,
+        weight_sum=sum(r.weight_sum for r in results),
+        num_clients=sum(len(r.client_ids) for r in results),
+    )
+
+
+class Engine:
+    """Runs a scenario's rounds against a Flower ``Grid``.
+
+    Args:
+        scenario: the validated scenario.
+        recorder: receives every round's metrics and the checkpoints.
+        expected_workers: how many workers must register before round 1 (None: wait until the count settles,
+            for runtimes that decide the number of SuperNodes themselves, e.g. ``flwr run``).
+        on_round: called after every round with the metrics row (progress display).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        recorder: Recorder,
+        *,
+        expected_workers: int | None,
+        on_round: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.recorder = recorder
+        self.expected_workers = expected_workers
+        self.on_round = on_round or (lambda row: None)
+        self.scenario_dict = scenario.model_dump(mode="json")
+
+    def run(self, grid: Grid) -> RunSummary:
+        sc = self.scenario
+        data: FederatedData = build_data(sc)
+        model = build_initial_model(sc, data)
+        params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model_bytes = sum(v.numel() * v.element_size() for v in params.values())
+        strategy: Strategy = build_strategy(sc.strategy)
+        state = strategy.init(params)
+        profiles = DeviceProfiles.sample(
+            sc.population.devices, sc.population.clients, np.random.default_rng([sc.seed, DEVICE_TAG])
+        )
+        nodes = wait_for_workers(grid, expected=self.expected_workers, timeout_s=sc.engine.register_timeout_s)
+
+        summary = RunSummary(rounds=sc.rounds)
+        start = time.monotonic()
+        virtual_time = 0.0
+        for rnd in range(1, sc.rounds + 1):
+            t0 = time.monotonic()
+            rng = np.random.default_rng([sc.seed, SAMPLING_TAG, rnd])
+            online = np.flatnonzero(rng.random(sc.population.clients) < profiles.availability)
+            plan = strategy.configure_round(state, round=rnd, available=online.tolist(), rng=rng)
+            fails = rng.random(len(plan.client_ids)) < profiles.failure
+            started = [c for c, f in zip(plan.client_ids, fails, strict=True) if not f]
+            results, lost = self._train_round(grid, nodes, rnd, params, started)
+            reduced = reduce_replies(results, params)
+            agg = strategy.aggregate(state, params, reduced)
+            params, state = agg.params, agg.state
+
+            trained = [c for r in results for c in r.client_ids]
+            examples = {c: n for r in results for c, n in zip(r.client_ids, r.num_examples, strict=True)}
+            round_virtual = max(
+                (
+                    profiles.duration(
+                        c, examples=examples[c], epochs=sc.client.epochs, model_bytes=model_bytes
+                    )
+                    for c in trained
+                ),
+                default=0.0,
+            )
+            virtual_time += round_virtual
+            losses = [(n, l) for r in results for n, l in zip(r.num_examples, r.train_loss, strict=True)]
+            row: dict[str, Any] = {
+                "round": rnd,
+                "wall_time_s": round(time.monotonic() - start, 4),
+                "round_wall_s": round(time.monotonic() - t0, 4),
+                "virtual_time_s": round(virtual_time, 6),
+                "round_virtual_s": round(round_virtual, 6),
+                "selected": len(plan.client_ids),
+                "clients": len(trained),
+                "dropped": len(plan.client_ids) - len(trained),
+                "dropped_failure": int(fails.sum()),
+                "dropped_timeout": len(lost),
+                "dropped_nonfinite": sum(len(r.failed) for r in results),
+                "train_loss": (sum(n * l for n, l in losses) / sum(n for n, _ in losses)) if losses else None,
+                **{k: float(v) for k, v in agg.metrics.items()},
+            }
+            if rnd % sc.evaluation.every == 0 or rnd == sc.rounds:
+                model.load_state_dict(params)
+                row["test_loss"], row["test_accuracy"] = evaluate(model, data.test_x, data.test_y)
+            self.recorder.write_round(row)
+            every = sc.output.checkpoint_every
+            if every and rnd % every == 0 and rnd != sc.rounds:
+                self.recorder.save_checkpoint(round=rnd, params=params, strategy_state=state)
+            self.on_round(row)
+            summary.last_row = row
+        self.recorder.save_checkpoint(round=sc.rounds, params=params, strategy_state=state)
+        summary.final_params = params
+        return summary
+
+    def _train_round(
+        self,
+        grid: Grid,
+        nodes: Sequence[int],
+        rnd: int,
+        params: Mapping[str, torch.Tensor],
+        clients: Sequence[int],
+    ) -> tuple[list[WorkerResult], list[int]]:
+        """Send one message per worker that has clients this round; return replies and clients lost to timeout."""
+        messages, by_node = [], shard(clients, nodes)
+        for node, cids in by_node.items():
+            if not cids:
+                continue
+            tasks = [ClientTask(cid=c, seed=client_seed(self.scenario.seed, rnd, c)) for c in cids]
+            content = encode_train_request(scenario=self.scenario_dict, round=rnd, params=params, tasks=tasks)
+            messages.append(Message(content=content, message_type=MESSAGE_TYPE_TRAIN, dst_node_id=node))
+        if not messages:
+            return [], []
+        replies = list(grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout_s))
+        results, answered = [], set()
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                raise EngineError(f"worker {node} failed in round {rnd}: {reply.error.reason}")
+            answered.add(node)
+            results.append(decode_train_reply(reply.content))
+        lost = [c for node, cids in by_node.items() if node not in answered for c in cids]
+        return results, lost

@@ -1,0 +1,41 @@
+"""Build a run's data and initial model from its scenario: the same on the server and on every worker."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedsim.data import FederatedData, load_federated_data
+from fedsim.models import build_model
+from fedsim.scenario import Scenario
+
+# Independent streams derived from the one scenario seed (numpy SeedSequence entropy tags).
+MODEL_INIT_TAG = 1
+SAMPLING_TAG = 2
+CLIENT_SEED_TAG = 3
+DEVICE_TAG = 4
+
+
+def build_data(scenario: Scenario) -> FederatedData:
+    """The partitioned dataset of the scenario (deterministic in ``scenario.seed``)."""
+    d = scenario.data
+    return load_federated_data(
+        dataset=d.dataset,
+        args=d.args,
+        partitioner=d.partitioner,
+        partitioner_args=d.partitioner_args,
+        test_fraction=d.test_fraction,
+        num_clients=scenario.population.clients,
+        seed=scenario.seed,
+    )
+
+
+def build_initial_model(scenario: Scenario, data: FederatedData) -> nn.Module:
+    """The model with its initial weights, a pure function of the scenario seed."""
+    seed = (scenario.seed * 1_000_003 + MODEL_INIT_TAG) % (2**63)
+    return build_model(
+        scenario.model.name,
+        scenario.model.args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=seed,
+    )

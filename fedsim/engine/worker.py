@@ -1,0 +1,48 @@
+"""The worker: a Flower ClientApp that trains the logical clients a round's message lists.
+
+In simulation a worker is a SuperNode (a Ray actor) hosting many logical clients; in deployment it hosts
+one. Data and model are rebuilt deterministically from the scenario and cached per process, so any actor
+can serve any worker's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedsim.data import FederatedData
+from fedsim.engine.cohort import select_cohort_trainer
+from fedsim.engine.messages import decode_train_request, encode_train_reply
+from fedsim.engine.setup import build_data, build_initial_model
+from fedsim.scenario import parse_scenario
+
+
+@lru_cache(maxsize=4)
+def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module]:
+    scenario = parse_scenario(json.loads(scenario_json), source="<message>")
+    data = build_data(scenario)
+    return data, build_initial_model(scenario, data)
+
+
+def handle_train(content_scenario: Mapping[str, Any], request: Any) -> Any:
+    """Train the request's clients; separated from Flower types for testing."""
+    data, model = _environment(json.dumps(content_scenario, sort_keys=True))
+    trainer = select_cohort_trainer(str(content_scenario["engine"]["vectorize"]))
+    return trainer(model, request.params, request.tasks, data, request.train_config)
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Decode the round's work, train the listed clients, reply once with the reduced sum."""
+    request = decode_train_request(msg.content)
+    result = handle_train(request.scenario, request)
+    return Message(content=encode_train_reply(result), reply_to=msg)

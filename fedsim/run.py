@@ -1,0 +1,105 @@
+"""Orchestration of ``fedsim run``: results folder, progress display, simulation, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedsim.engine.server import RunSummary
+from fedsim.report import write_report
+from fedsim.results import RunDir, new_run_dir
+from fedsim.scenario import Scenario
+from fedsim.scenario.load import check_registered_names
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Where a run's results are and how it ended."""
+
+    path: Path
+    summary: RunSummary
+    wall_s: float
+
+    def summary_line(self) -> str:
+        row = self.summary.last_row
+        acc, loss = row.get("test_accuracy"), row.get("test_loss")
+        return (
+            f"done: rounds={self.summary.rounds} test_accuracy={acc:.4f} test_loss={loss:.4f} "
+            f"wall_s={self.wall_s:.1f} results={self.path}"
+        )
+
+
+class _ProgressDisplay:
+    """A live bar on a terminal; on a pipe (CI, logs) a plain line every ~10% of the rounds."""
+
+    def __init__(self, console: Console, rounds: int) -> None:
+        self.console, self.rounds = console, rounds
+        self.every = max(1, rounds // 10)
+        self.progress: Progress | None = None
+        if console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            )
+            self.task = self.progress.add_task("starting workers", total=rounds, status="")
+
+    def __enter__(self) -> _ProgressDisplay:
+        if self.progress:
+            self.progress.start()
+        else:
+            self.console.print(f"starting workers for {self.rounds} rounds ...")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def __call__(self, row: Mapping[str, Any]) -> None:
+        acc = row.get("test_accuracy")
+        status = f"acc={acc:.3f} " if acc is not None else ""
+        status += f"clients={row['clients']} dropped={row['dropped']}"
+        if self.progress:
+            self.progress.update(self.task, completed=row["round"], description="round", status=status)
+        elif row["round"] % self.every == 0 or row["round"] == self.rounds:
+            self.console.print(f"round {row['round']}/{self.rounds} {status} wall={row['wall_time_s']:.1f}s")
+
+
+def run_scenario(
+    scenario: Scenario, *, output_root: str | Path | None = None, show_progress: bool = True
+) -> RunOutcome:
+    """Run a scenario; results land in ``<output_root or output.dir>/<name>/<timestamp>/``.
+
+    The metrics of finished rounds stay on disk whatever happens; on failure the report is still written for
+    the rounds that completed, and the exception propagates.
+    """
+    from fedsim.engine.simulation import simulate
+
+    check_registered_names(scenario)
+    t0 = time.monotonic()
+    path = new_run_dir(scenario, root=output_root)
+    run_dir = RunDir(path, scenario)
+    console = Console(file=sys.stderr, quiet=not show_progress)
+    try:
+        with _ProgressDisplay(console, scenario.rounds) as display:
+            summary = simulate(scenario, run_dir, on_round=display)
+    except BaseException:
+        run_dir.close()
+        if run_dir.rows:
+            write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0)
+        raise
+    run_dir.close()
+    wall = time.monotonic() - t0
+    write_report(path, scenario, run_dir.rows, wall_s=wall)
+    return RunOutcome(path=path, summary=summary, wall_s=wall)

@@ -1,0 +1,76 @@
+"""An in-process Flower ``Grid`` for Ray-free engine tests.
+
+``LocalGrid`` delivers each message straight to fedsim's worker function (the same code a SuperNode runs)
+and records what was sent, so tests can check the one-message-per-worker-per-round rule, timeouts and errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.engine.worker import train as worker_train
+
+
+class LocalGrid(Grid):
+    def __init__(
+        self,
+        node_ids: Iterable[int],
+        *,
+        drop: Callable[[int, int], bool] | None = None,
+        fail: Callable[[int, int], bool] | None = None,
+    ) -> None:
+        self.node_ids = list(node_ids)
+        self.sent: list[tuple[int, int]] = []  # (round, node)
+        self.drop = drop or (lambda rnd, node: False)
+        self.fail = fail or (lambda rnd, node: False)
+        self.timeouts: list[float | None] = []
+
+    def set_run(self, run):  # pragma: no cover - not used by the engine
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError("LocalGrid has no Run")
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+    def push_messages(self, messages):  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            rnd = int(msg.content.config_records["fedsim.config"]["round"])
+            self.sent.append((rnd, node))
+            if self.drop(rnd, node):
+                continue
+            if self.fail(rnd, node):
+                replies.append(Message(Error(code=0, reason="boom"), reply_to=msg))
+                continue
+            ctx = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
+            replies.append(worker_train(msg, ctx))
+        return replies
+
+
+class MemoryRecorder:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.checkpoints: list[int] = []
+
+    def write_round(self, row):
+        self.rows.append(dict(row))
+
+    def save_checkpoint(self, *, round, params, strategy_state):
+        self.checkpoints.append(round)
