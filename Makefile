@@ -22,7 +22,7 @@ run: setup
 	$(VENV)/bin/fedsim run scenarios/quickstart.yaml
 
 lint: setup
-	$(VENV)/bin/ruff check fedsim strategies clients tests bench
+	$(VENV)/bin/ruff check .
 
 test: setup lint
 	$(VENV)/bin/pytest -q
