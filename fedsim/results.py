@@ -60,7 +60,7 @@ class RunDir:
         self.rows.append(clean)
 
     def save_checkpoint(self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any) -> None:
-        """Save ``checkpoints/round-<n>.pt`` and point ``checkpoints/final.pt``/``model.pt`` at the latest."""
+        """Save ``checkpoints/round-<n>.pt`` (model + strategy state); after the last round also ``model.pt``."""
         payload = {"round": round, "params": dict(params), "strategy_state": strategy_state}
         tmp = self.path / "checkpoints" / f".round-{round}.pt.tmp"
         torch.save(payload, tmp)

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsim.engine.server import RunSummary
+from fedsim.errors import ConfigError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
@@ -76,6 +77,15 @@ class _ProgressDisplay:
             self.console.print(f"round {row['round']}/{self.rounds} {status} wall={row['wall_time_s']:.1f}s")
 
 
+def check_machine(scenario: Scenario) -> None:
+    """Settings this machine cannot honour fail before anything starts (not in ``validate``: a scenario
+    written for a GPU machine is still a valid file)."""
+    import torch
+
+    if scenario.engine.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("engine.device", "'cpu' or 'auto' on a machine without a CUDA GPU", "cuda")
+
+
 def run_scenario(
     scenario: Scenario, *, output_root: str | Path | None = None, show_progress: bool = True
 ) -> RunOutcome:
@@ -87,6 +97,7 @@ def run_scenario(
     from fedsim.engine.simulation import simulate
 
     check_registered_names(scenario)
+    check_machine(scenario)
     t0 = time.monotonic()
     path = new_run_dir(scenario, root=output_root)
     run_dir = RunDir(path, scenario)

@@ -31,15 +31,17 @@ def train_cohort_sequential(
 ) -> WorkerResult:
     """Train each client from ``global_params`` in turn; return Σ n_i (θ_i − θ) over the usable ones.
 
-    A client whose new weights are not finite is left out and listed in ``failed`` (the run goes on). Only
+    Training runs on the model's device (``engine.device``); the reply is on the CPU. A client whose new
+    weights are not finite is left out and listed in ``failed`` (the run goes on). Only
     floating-point entries of the state dict are averaged; integer buffers keep the global value.
     """
+    device = next(model.parameters()).device
     float_keys = [k for k, v in global_params.items() if v.is_floating_point()]
     delta_sum = {k: torch.zeros_like(global_params[k], dtype=torch.float64) for k in float_keys}
     result = WorkerResult(delta_sum, 0.0, [], [], [], [])
     for task in tasks:
         model.load_state_dict(global_params, strict=True)
-        x, y = data.client_data(task.cid)
+        x, y = (t.to(device) for t in data.client_data(task.cid))
         gen = torch.Generator().manual_seed(task.seed)
         local = train_local(
             model,
@@ -54,7 +56,7 @@ def train_cohort_sequential(
         if local.num_examples == 0:
             continue
         new = model.state_dict()
-        deltas = {k: new[k].detach().double() - global_params[k].double() for k in float_keys}
+        deltas = {k: new[k].detach().cpu().double() - global_params[k].double() for k in float_keys}
         if not all(torch.isfinite(d).all() for d in deltas.values()):
             result.failed.append(task.cid)
             continue

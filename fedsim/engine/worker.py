@@ -23,11 +23,18 @@ from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.scenario import parse_scenario
 
 
+def training_device(setting: str) -> torch.device:
+    """``engine.device``: ``auto`` = CUDA when this process sees a GPU, else CPU."""
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 @lru_cache(maxsize=4)
 def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module]:
     scenario = parse_scenario(json.loads(scenario_json), source="<message>")
     data = build_data(scenario)
-    return data, build_initial_model(scenario, data)
+    return data, build_initial_model(scenario, data).to(training_device(scenario.engine.device))
 
 
 def handle_train(content_scenario: Mapping[str, Any], request: Any) -> Any:

@@ -154,6 +154,12 @@ def check_registered_names(scenario: Scenario) -> None:
     check_optimizer_spec(scenario.client.optimizer.name, scenario.client.optimizer.kwargs())
     MODELS.get(scenario.model.name)
     select_cohort_trainer(scenario.engine.vectorize)
+    if scenario.client.optimizer_state != "fresh":
+        raise ConfigError(
+            "client.optimizer_state",
+            "'fresh' in this version (per-client persistent optimizer state is not implemented yet)",
+            scenario.client.optimizer_state,
+        )
     ds = scenario.data.dataset
     if not (ds.startswith("hf:") or ds.startswith("parquet:") or ds in dataset_names()):
         raise UnknownNameError("data.dataset", ds, [*dataset_names(), "hf:<name>", "parquet:<path>"])

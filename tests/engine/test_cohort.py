@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,21 @@ def test_a_client_with_non_finite_update_is_left_out():
     res = train_cohort_sequential(model, theta, [ClientTask(0, 1), ClientTask(1, 2)], data, cfg)
     assert res.failed == [1] and res.client_ids == [0] and res.weight_sum == 10
     assert all(torch.isfinite(v).all() for v in res.weighted_delta_sum.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_matches_cpu():
+    data = make_data()
+    cfg = TrainConfig(epochs=2, batch_size=4, optimizer="sgd", optimizer_args={"lr": 0.1})
+    torch.manual_seed(0)
+    cpu_model = nn.Linear(5, 3)
+    theta = {k: v.clone() for k, v in cpu_model.state_dict().items()}
+    tasks = [ClientTask(0, 11), ClientTask(1, 12)]
+    on_cpu = train_cohort_sequential(cpu_model, theta, tasks, data, cfg)
+    on_gpu = train_cohort_sequential(nn.Linear(5, 3).cuda(), theta, tasks, data, cfg)
+    for k in theta:
+        assert on_gpu.weighted_delta_sum[k].device.type == "cpu"
+        torch.testing.assert_close(
+            on_gpu.weighted_delta_sum[k], on_cpu.weighted_delta_sum[k], rtol=1e-4, atol=1e-5
+        )

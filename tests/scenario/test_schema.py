@@ -100,6 +100,7 @@ BAD = [
     ("name: x\ndata: {dataset: cifar}\n", "data.dataset must be one of"),
     ("name: x\ndata: {partitioner: random}\n", "data.partitioner must be one of"),
     ("name: x\nengine: {vectorize: 'on'}\n", "engine.vectorize must be 'auto' or 'off' in this version"),
+    ("name: x\nclient: {optimizer_state: persistent}\n", "client.optimizer_state must be 'fresh' in this version"),
     ("- just\n- a list\n", "the file must hold a mapping of keys"),
     ("name: x\n  bad: indent\n", "not valid YAML (line"),
 ]
