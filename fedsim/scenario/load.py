@@ -137,7 +137,8 @@ def load_scenario(path: str | Path, *, check_names: bool = True) -> Scenario:
 
 
 def check_registered_names(scenario: Scenario) -> None:
-    """Resolve every name the scenario uses (and build what is cheap to build) so typos fail early."""
+    """Resolve every name the scenario uses and build what is cheap to build (server optimizer, offline data
+    and partitions), so typos and bad values fail before any worker starts."""
     # Imported here: the registries pull in torch and the data stack, which plain schema checks do not need.
     from clients.optimizers import check_optimizer_spec
     from fedsim.data import dataset_names, partitioner_names
@@ -165,3 +166,7 @@ def check_registered_names(scenario: Scenario) -> None:
         raise UnknownNameError("data.dataset", ds, [*dataset_names(), "hf:<name>", "parquet:<path>"])
     if scenario.data.partitioner not in partitioner_names():
         raise UnknownNameError("data.partitioner", scenario.data.partitioner, partitioner_names())
+    if not ds.startswith("hf:"):  # offline data is cheap to build: its arguments are checked for real
+        from fedsim.engine.setup import build_data
+
+        build_data(scenario)
