@@ -8,7 +8,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["fedsim.gradcore", "strategies", "fedsim.scenario.schema", "fedsim.engine.protocol"])
+@pytest.mark.parametrize(
+    "module", ["fedsim.gradcore", "strategies", "fedsim.scenario.schema", "fedsim.engine.protocol"]
+)
 def test_core_modules_import_neither_flwr_nor_ray(module):
     code = (
         f"import sys, {module}; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flwr', 'ray'));"

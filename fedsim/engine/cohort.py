@@ -2,11 +2,13 @@
 
 ``train_cohort`` is the single swappable function between a worker's message handling and the training
 itself: the sequential trainer here runs the clients one after another in this process (pfl-research's
-way); a vectorised trainer (``torch.func`` over stacked clients) plugs in under the same signature.
+way); the vectorised trainer (``fedsim.engine.vectorized``, ``torch.func`` over stacked clients) has the same
+signature and is chosen by ``engine.vectorize``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -17,9 +19,39 @@ from fedsim.data import FederatedData
 from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
 from fedsim.errors import ConfigError
 
+log = logging.getLogger("fedsim")
+
 CohortTrainer = Callable[
     [nn.Module, Mapping[str, torch.Tensor], Sequence[ClientTask], FederatedData, TrainConfig], WorkerResult
 ]
+
+
+class CohortAccumulator:
+    """Folds finished clients into a :class:`WorkerResult`: Σ n_i (θ_i − θ) in float64, non-finite left out."""
+
+    def __init__(self, global_params: Mapping[str, torch.Tensor]) -> None:
+        self.theta = global_params
+        self.float_keys = [k for k, v in global_params.items() if v.is_floating_point()]
+        self.delta_sum = {k: torch.zeros_like(global_params[k], dtype=torch.float64) for k in self.float_keys}
+        self.result = WorkerResult({}, 0.0, [], [], [], [])
+
+    def add(
+        self, cid: int, new_params: Mapping[str, torch.Tensor], num_examples: int, mean_loss: float
+    ) -> None:
+        deltas = {k: new_params[k].detach().cpu().double() - self.theta[k].double() for k in self.float_keys}
+        if not all(torch.isfinite(d).all() for d in deltas.values()):
+            self.result.failed.append(cid)
+            return
+        for k, d in deltas.items():
+            self.delta_sum[k] += num_examples * d
+        self.result.weight_sum += num_examples
+        self.result.client_ids.append(cid)
+        self.result.num_examples.append(num_examples)
+        self.result.train_loss.append(mean_loss)
+
+    def finish(self) -> WorkerResult:
+        self.result.weighted_delta_sum = {k: v.to(self.theta[k].dtype) for k, v in self.delta_sum.items()}
+        return self.result
 
 
 def train_cohort_sequential(
@@ -32,17 +64,14 @@ def train_cohort_sequential(
     """Train each client from ``global_params`` in turn; return Σ n_i (θ_i − θ) over the usable ones.
 
     Training runs on the model's device (``engine.device``); the reply is on the CPU. A client whose new
-    weights are not finite is left out and listed in ``failed`` (the run goes on). Only
-    floating-point entries of the state dict are averaged; integer buffers keep the global value.
+    weights are not finite is left out and listed in ``failed`` (the run goes on). Only floating-point entries
+    of the state dict are averaged; integer buffers keep the global value.
     """
     device = next(model.parameters()).device
-    float_keys = [k for k, v in global_params.items() if v.is_floating_point()]
-    delta_sum = {k: torch.zeros_like(global_params[k], dtype=torch.float64) for k in float_keys}
-    result = WorkerResult(delta_sum, 0.0, [], [], [], [])
+    acc = CohortAccumulator(global_params)
     for task in tasks:
         model.load_state_dict(global_params, strict=True)
         x, y = (t.to(device) for t in data.client_data(task.cid))
-        gen = torch.Generator().manual_seed(task.seed)
         local = train_local(
             model,
             x,
@@ -51,31 +80,34 @@ def train_cohort_sequential(
             batch_size=cfg.batch_size,
             optimizer=cfg.optimizer,
             optimizer_args=cfg.optimizer_args,
-            generator=gen,
+            generator=torch.Generator().manual_seed(task.seed),
         )
-        if local.num_examples == 0:
-            continue
-        new = model.state_dict()
-        deltas = {k: new[k].detach().cpu().double() - global_params[k].double() for k in float_keys}
-        if not all(torch.isfinite(d).all() for d in deltas.values()):
-            result.failed.append(task.cid)
-            continue
-        for k, d in deltas.items():
-            delta_sum[k] += local.num_examples * d
-        result.weight_sum += local.num_examples
-        result.client_ids.append(task.cid)
-        result.num_examples.append(local.num_examples)
-        result.train_loss.append(local.mean_loss)
-    result.weighted_delta_sum = {k: v.to(global_params[k].dtype) for k, v in delta_sum.items()}
-    return result
+        if local.num_examples:
+            acc.add(task.cid, model.state_dict(), local.num_examples, local.mean_loss)
+    return acc.finish()
 
 
-def select_cohort_trainer(vectorize: str) -> CohortTrainer:
-    """The cohort trainer for ``engine.vectorize``: only the sequential path exists in this version."""
-    if vectorize in ("auto", "off"):
+def select_cohort_trainer(
+    vectorize: str, model: nn.Module | None = None, cfg: TrainConfig | None = None
+) -> CohortTrainer:
+    """The cohort trainer for ``engine.vectorize``.
+
+    ``off``: sequential. ``on``: vectorised (a :class:`ConfigError` if the model/optimizer cannot be).
+    ``auto``: vectorised where possible, else sequential, saying why once in the log.
+    """
+    from fedsim.engine.vectorized import train_cohort_vectorized, vectorizable
+
+    if vectorize == "off" or model is None or cfg is None:
         return train_cohort_sequential
-    raise ConfigError(
-        "engine.vectorize",
-        "'auto' or 'off' in this version (vectorised training is not implemented yet)",
-        vectorize,
-    )
+    ok, why = vectorizable(model, cfg)
+    if ok:
+        return train_cohort_vectorized
+    if vectorize == "on":
+        raise ConfigError("engine.vectorize", f"'auto' or 'off' here, because {why}", "on")
+    if why not in _explained:
+        _explained.add(why)
+        log.warning("fedsim: training clients one after another (engine.vectorize: auto): %s", why)
+    return train_cohort_sequential
+
+
+_explained: set[str] = set()

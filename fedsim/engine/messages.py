@@ -46,14 +46,21 @@ class TrainRequest:
 
     @property
     def train_config(self) -> TrainConfig:
-        client = self.scenario["client"]
-        opt = dict(client["optimizer"])
-        return TrainConfig(
-            epochs=int(client["epochs"]),
-            batch_size=int(client["batch_size"]),
-            optimizer=str(opt.pop("name")),
-            optimizer_args=opt,
-        )
+        return train_config(self.scenario)
+
+
+def train_config(scenario: Any) -> TrainConfig:
+    """The client training settings of a scenario (a :class:`Scenario` or its JSON dict)."""
+    client = (
+        scenario["client"] if isinstance(scenario, Mapping) else scenario.model_dump(mode="json")["client"]
+    )
+    opt = dict(client["optimizer"])
+    return TrainConfig(
+        epochs=int(client["epochs"]),
+        batch_size=int(client["batch_size"]),
+        optimizer=str(opt.pop("name")),
+        optimizer_args=opt,
+    )
 
 
 def encode_train_request(

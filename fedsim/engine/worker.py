@@ -40,7 +40,7 @@ def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module]:
 def handle_train(content_scenario: Mapping[str, Any], request: Any) -> Any:
     """Train the request's clients; separated from Flower types for testing."""
     data, model = _environment(json.dumps(content_scenario, sort_keys=True))
-    trainer = select_cohort_trainer(str(content_scenario["engine"]["vectorize"]))
+    trainer = select_cohort_trainer(str(content_scenario["engine"]["vectorize"]), model, request.train_config)
     return trainer(model, request.params, request.tasks, data, request.train_config)
 
 

@@ -154,7 +154,6 @@ def check_registered_names(scenario: Scenario) -> None:
     )
     check_optimizer_spec(scenario.client.optimizer.name, scenario.client.optimizer.kwargs())
     MODELS.get(scenario.model.name)
-    select_cohort_trainer(scenario.engine.vectorize)
     if scenario.client.optimizer_state != "fresh":
         raise ConfigError(
             "client.optimizer_state",
@@ -167,6 +166,10 @@ def check_registered_names(scenario: Scenario) -> None:
     if scenario.data.partitioner not in partitioner_names():
         raise UnknownNameError("data.partitioner", scenario.data.partitioner, partitioner_names())
     if not ds.startswith("hf:"):  # offline data is cheap to build: its arguments are checked for real
-        from fedsim.engine.setup import build_data
+        from fedsim.engine.messages import train_config
+        from fedsim.engine.setup import build_data, build_initial_model
 
-        build_data(scenario)
+        data = build_data(scenario)
+        select_cohort_trainer(
+            scenario.engine.vectorize, build_initial_model(scenario, data), train_config(scenario)
+        )

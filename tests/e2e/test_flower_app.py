@@ -48,7 +48,11 @@ def test_flwr_run_dot_runs_the_scenario(tmp_path):
     try:
         out = subprocess.run(
             [str(flwr), "run", ".", "--stream", "--run-config", config],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         for pid in _processes_with_env("FLWR_HOME", str(home)):

@@ -99,8 +99,14 @@ BAD = [
     ("name: x\nstrategy: {server_optimizer: {name: adam, lr: 0}}\n", "strategy.server_optimizer.lr must be"),
     ("name: x\ndata: {dataset: cifar}\n", "data.dataset must be one of"),
     ("name: x\ndata: {partitioner: random}\n", "data.partitioner must be one of"),
-    ("name: x\nengine: {vectorize: 'on'}\n", "engine.vectorize must be 'auto' or 'off' in this version"),
-    ("name: x\nclient: {optimizer_state: persistent}\n", "client.optimizer_state must be 'fresh' in this version"),
+    (
+        "name: x\nengine: {vectorize: 'on'}\nclient: {optimizer: {name: adam}}\n",
+        "engine.vectorize must be 'auto' or 'off' here, because optimizer 'adam' has no vectorised form yet",
+    ),
+    (
+        "name: x\nclient: {optimizer_state: persistent}\n",
+        "client.optimizer_state must be 'fresh' in this version",
+    ),
     ("name: x\ndata: {partitioner_args: {alpha: -1}}\n", "data.partitioner_args.alpha must be"),
     ("name: x\ndata: {partitioner: iid, partitioner_args: {beta: 1}}\n", "data.partitioner_args.beta"),
     ("- just\n- a list\n", "the file must hold a mapping of keys"),
