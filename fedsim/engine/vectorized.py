@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.data import FederatedData
 from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
@@ -75,8 +75,7 @@ def _train_bucket(
         per_example = nn.functional.cross_entropy(logits, y, reduction="none")
         return (per_example * mask).sum() / mask.sum()
 
-    grad_and_loss = vmap(grad(loss_fn, has_aux=False), in_dims=(0, 0, 0, 0))
-    loss_vals = vmap(loss_fn, in_dims=(0, 0, 0, 0))
+    grads_and_losses = vmap(grad_and_value(loss_fn))  # one forward/backward per step for the whole bucket
     xs = [x.to(device) for _, x, _ in clients]
     ys = [y.to(device) for _, _, y in clients]
     feat = xs[0].shape[1:]
@@ -89,9 +88,7 @@ def _train_bucket(
         for i in range(k):
             idx = plans[i][step].to(device)
             xb[i, : len(idx)], yb[i, : len(idx)], mask[i, : len(idx)] = xs[i][idx], ys[i][idx], 1.0
-        with torch.no_grad():
-            losses = loss_vals(params, xb, yb, mask)
-        grads = grad_and_loss(params, xb, yb, mask)
+        grads, losses = grads_and_losses(params, xb, yb, mask)
         with torch.no_grad():
             counts = mask.sum(1).double()
             loss_sum += losses.double() * counts
