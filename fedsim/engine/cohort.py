@@ -16,7 +16,9 @@ from torch import nn
 
 from clients.local_sgd import train_local
 from fedsim.data import FederatedData
+from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
+from fedsim.engine.vectorized import train_cohort_vectorized, vectorizable
 from fedsim.errors import ConfigError
 
 log = logging.getLogger("fedsim")
@@ -24,34 +26,6 @@ log = logging.getLogger("fedsim")
 CohortTrainer = Callable[
     [nn.Module, Mapping[str, torch.Tensor], Sequence[ClientTask], FederatedData, TrainConfig], WorkerResult
 ]
-
-
-class CohortAccumulator:
-    """Folds finished clients into a :class:`WorkerResult`: Σ n_i (θ_i − θ) in float64, non-finite left out."""
-
-    def __init__(self, global_params: Mapping[str, torch.Tensor]) -> None:
-        self.theta = global_params
-        self.float_keys = [k for k, v in global_params.items() if v.is_floating_point()]
-        self.delta_sum = {k: torch.zeros_like(global_params[k], dtype=torch.float64) for k in self.float_keys}
-        self.result = WorkerResult({}, 0.0, [], [], [], [])
-
-    def add(
-        self, cid: int, new_params: Mapping[str, torch.Tensor], num_examples: int, mean_loss: float
-    ) -> None:
-        deltas = {k: new_params[k].detach().cpu().double() - self.theta[k].double() for k in self.float_keys}
-        if not all(torch.isfinite(d).all() for d in deltas.values()):
-            self.result.failed.append(cid)
-            return
-        for k, d in deltas.items():
-            self.delta_sum[k] += num_examples * d
-        self.result.weight_sum += num_examples
-        self.result.client_ids.append(cid)
-        self.result.num_examples.append(num_examples)
-        self.result.train_loss.append(mean_loss)
-
-    def finish(self) -> WorkerResult:
-        self.result.weighted_delta_sum = {k: v.to(self.theta[k].dtype) for k, v in self.delta_sum.items()}
-        return self.result
 
 
 def train_cohort_sequential(
@@ -87,17 +61,13 @@ def train_cohort_sequential(
     return acc.finish()
 
 
-def select_cohort_trainer(
-    vectorize: str, model: nn.Module | None = None, cfg: TrainConfig | None = None
-) -> CohortTrainer:
+def select_cohort_trainer(vectorize: str, model: nn.Module, cfg: TrainConfig) -> CohortTrainer:
     """The cohort trainer for ``engine.vectorize``.
 
     ``off``: sequential. ``on``: vectorised (a :class:`ConfigError` if the model/optimizer cannot be).
     ``auto``: vectorised where possible, else sequential, saying why once in the log.
     """
-    from fedsim.engine.vectorized import train_cohort_vectorized, vectorizable
-
-    if vectorize == "off" or model is None or cfg is None:
+    if vectorize == "off":
         return train_cohort_sequential
     ok, why = vectorizable(model, cfg)
     if ok:

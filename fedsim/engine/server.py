@@ -41,11 +41,10 @@ class Recorder(Protocol):
 
 @dataclass
 class RunSummary:
-    """The outcome of a finished run (the last metrics row and the final parameters)."""
+    """The outcome of a finished run: its length and the last metrics row."""
 
     rounds: int
     last_row: dict[str, Any] = field(default_factory=dict)
-    final_params: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def wait_for_workers(
@@ -206,7 +205,6 @@ class Engine:
             self.on_round(row)
             summary.last_row = row
         self.recorder.save_checkpoint(round=sc.rounds, params=params, strategy_state=state)
-        summary.final_params = params
         return summary
 
     def _train_round(

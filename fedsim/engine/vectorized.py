@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.data import FederatedData
+from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
 
 _SGD_ARGS = {"lr", "momentum", "nesterov", "weight_decay"}
@@ -111,8 +112,6 @@ def train_cohort_vectorized(
     cfg: TrainConfig,
 ) -> WorkerResult:
     """Same contract as the sequential trainer: Σ n_i (θ_i − θ) over the usable clients, per-client facts."""
-    from fedsim.engine.cohort import CohortAccumulator
-
     acc = CohortAccumulator(global_params)
     buckets: dict[int, list[tuple[ClientTask, torch.Tensor, torch.Tensor]]] = {}
     for task in tasks:

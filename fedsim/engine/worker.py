@@ -8,9 +8,7 @@ can serve any worker's message.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
 
 import torch
 from flwr.app import Context, Message
@@ -18,7 +16,8 @@ from flwr.clientapp import ClientApp
 
 from fedsim.data import FederatedData
 from fedsim.engine.cohort import select_cohort_trainer
-from fedsim.engine.messages import decode_train_request, encode_train_reply
+from fedsim.engine.messages import TrainRequest, decode_train_request, encode_train_reply
+from fedsim.engine.protocol import WorkerResult
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.scenario import parse_scenario
 
@@ -37,10 +36,10 @@ def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module]:
     return data, build_initial_model(scenario, data).to(training_device(scenario.engine.device))
 
 
-def handle_train(content_scenario: Mapping[str, Any], request: Any) -> Any:
-    """Train the request's clients; separated from Flower types for testing."""
-    data, model = _environment(json.dumps(content_scenario, sort_keys=True))
-    trainer = select_cohort_trainer(str(content_scenario["engine"]["vectorize"]), model, request.train_config)
+def handle_train(request: TrainRequest) -> WorkerResult:
+    """Train the request's clients (no Flower types here)."""
+    data, model = _environment(json.dumps(request.scenario, sort_keys=True))
+    trainer = select_cohort_trainer(str(request.scenario["engine"]["vectorize"]), model, request.train_config)
     return trainer(model, request.params, request.tasks, data, request.train_config)
 
 
@@ -50,6 +49,5 @@ client_app = ClientApp()
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Decode the round's work, train the listed clients, reply once with the reduced sum."""
-    request = decode_train_request(msg.content)
-    result = handle_train(request.scenario, request)
+    result = handle_train(decode_train_request(msg.content))
     return Message(content=encode_train_reply(result), reply_to=msg)

@@ -27,13 +27,15 @@ class LocalGrid(Grid):
         self.drop = drop or (lambda rnd, node: False)
         self.fail = fail or (lambda rnd, node: False)
         self.timeouts: list[float | None] = []
+        self._replies: dict[str, Message] = {}
+        self._run = None
 
-    def set_run(self, run):  # pragma: no cover - not used by the engine
-        pass
+    def set_run(self, run):
+        self._run = run
 
     @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError("LocalGrid has no Run")
+    def run(self):
+        return self._run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
         return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
@@ -41,27 +43,30 @@ class LocalGrid(Grid):
     def get_node_ids(self):
         return list(self.node_ids)
 
-    def push_messages(self, messages):  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        self.timeouts.append(timeout)
-        replies = []
+    def push_messages(self, messages):
+        """Deliver each message to the worker now; keep its reply (unless dropped) under a new id."""
+        ids = []
         for msg in messages:
             node = msg.metadata.dst_node_id
             rnd = int(msg.content.config_records["fedsim.config"]["round"])
             self.sent.append((rnd, node))
+            msg_id = f"m{len(self.sent)}"
+            ids.append(msg_id)
             if self.drop(rnd, node):
                 continue
             if self.fail(rnd, node):
-                replies.append(Message(Error(code=0, reason="boom"), reply_to=msg))
+                self._replies[msg_id] = Message(Error(code=0, reason="boom"), reply_to=msg)
                 continue
             ctx = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
-            replies.append(worker_train(msg, ctx))
-        return replies
+            self._replies[msg_id] = worker_train(msg, ctx)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        return self.pull_messages(self.push_messages(messages))
 
 
 class MemoryRecorder:
