@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clients.optimizers import build
+from clients.optimizers import build, embedding_names
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def train_local(
     n = int(x.shape[0])
     if n == 0:
         return LocalResult(num_examples=0, steps=0, mean_loss=float("nan"))
-    opt = build(optimizer, model.parameters(), **optimizer_args)
+    opt = build(optimizer, model.named_parameters(), embeddings=embedding_names(model), **optimizer_args)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, seen, steps = 0.0, 0, 0

@@ -59,7 +59,7 @@ class Strategy(Protocol):
         ...
 
     def configure_round(
-        self, state: Any, *, round: int, available: Sequence[int], rng: np.random.Generator
+        self, state: Any, *, round: int, available: Sequence[int] | np.ndarray, rng: np.random.Generator
     ) -> RoundPlan:
         """Choose this round's clients among the ``available`` ones, using only ``rng`` for randomness."""
         ...

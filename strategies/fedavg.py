@@ -31,7 +31,9 @@ class FedAvgState(NamedTuple):
     rounds_aggregated: int
 
 
-def sample_clients(available: Sequence[int], k: int, rng: np.random.Generator) -> tuple[int, ...]:
+def sample_clients(
+    available: Sequence[int] | np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[int, ...]:
     """Uniformly choose ``min(k, len(available))`` distinct clients, returned sorted."""
     if len(available) <= k:
         return tuple(sorted(int(c) for c in available))
@@ -66,7 +68,12 @@ class FedAvg:
         return FedAvgState(opt_state=self.optimizer.init(params), rounds_aggregated=0)
 
     def configure_round(
-        self, state: FedAvgState, *, round: int, available: Sequence[int], rng: np.random.Generator
+        self,
+        state: FedAvgState,
+        *,
+        round: int,
+        available: Sequence[int] | np.ndarray,
+        rng: np.random.Generator,
     ) -> RoundPlan:
         return RoundPlan(client_ids=sample_clients(available, self.clients_per_round, rng))
 

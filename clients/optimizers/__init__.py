@@ -1,86 +1,71 @@
 """Client optimizers by name: ``build(name, params, **kwargs) -> torch.optim.Optimizer``.
 
-This is the registry the scenario's ``client.optimizer`` resolves through. The optimizers here are
-``torch.optim``'s own; the gradient-core chains (diffGrad, SPAM, ...) join the same registry.
+Every optimizer is a named gradient-core chain (``clients.optimizers.registry``); ``build`` wraps it in a real
+``torch.optim.Optimizer`` (``ChainOptimizer``) for plain PyTorch loops, and ``make_chain`` gives the chain itself
+to the vectorised cohort trainer, which steps a whole stack of clients in one call. The scenario's
+``client.optimizer`` resolves through the same registry.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterable, Mapping
+import importlib
+import pkgutil
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from fedsim.errors import ConfigError
-from fedsim.registry import Registry
+from clients.optimizers.adapter import ChainOptimizer
+from clients.optimizers.registry import CHAINS, accepted_args, check_optimizer_spec, make_chain
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("client.optimizer.name")
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(
-    params: Iterable[torch.nn.Parameter],
-    *,
-    lr: float = 0.01,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-) -> torch.optim.Optimizer:
-    """Plain SGD with optional (Nesterov) momentum and weight decay, as ``torch.optim.SGD``."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-
-
-@OPTIMIZERS.register("adam")
-def _adam(
-    params: Iterable[torch.nn.Parameter],
-    *,
-    lr: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-) -> torch.optim.Optimizer:
-    """Adam (Kingma & Ba, arXiv 1412.6980), as ``torch.optim.Adam``."""
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-
-
-@OPTIMIZERS.register("adamw")
-def _adamw(
-    params: Iterable[torch.nn.Parameter],
-    *,
-    lr: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
-) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter, arXiv 1711.05101), as ``torch.optim.AdamW``."""
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+# Importing every module of the package registers its optimizers.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def names() -> list[str]:
     """Every registered client optimizer name."""
-    return OPTIMIZERS.names()
+    return CHAINS.names()
 
 
-def check_optimizer_spec(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigError` for an unknown name, unknown argument or non-positive learning rate."""
-    factory = OPTIMIZERS.get(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p != "params"]
-    for key in kwargs:
-        if key not in accepted:
-            raise ConfigError(
-                f"client.optimizer.{key}", f"one of the arguments of {name!r}: {', '.join(accepted)}", key
-            )
-    lr = kwargs.get("lr", 1.0)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise ConfigError("client.optimizer.lr", "a number > 0", lr)
-
-
-def build(name: str, params: Iterable[torch.nn.Parameter], **kwargs: Any) -> torch.optim.Optimizer:
-    """Build the registered optimizer ``name`` over ``params``."""
+def build(
+    name: str, params: Iterable[Any], *, embeddings: Iterable[str] = (), **kwargs: Any
+) -> torch.optim.Optimizer:
+    """Optimizer ``name`` over ``params`` (``model.named_parameters()`` preferred: names give layer roles;
+    ``embeddings`` names the embedding tables, see ``embedding_names``)."""
     check_optimizer_spec(name, kwargs)
-    try:
-        return OPTIMIZERS.get(name)(params, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("client.optimizer", f"valid arguments for {name!r} ({exc})", dict(kwargs)) from None
+    lr = float(kwargs.get("lr", _default_lr(name)))
+    return ChainOptimizer(
+        params, lambda roles: make_chain(name, roles, **kwargs), lr=lr, embeddings=embeddings
+    )
+
+
+def embedding_names(model: torch.nn.Module) -> list[str]:
+    """Names of the model's embedding tables (``nn.Embedding`` / ``nn.EmbeddingBag`` weights)."""
+    kinds = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+    return [f"{m}.weight" if m else "weight" for m, mod in model.named_modules() if isinstance(mod, kinds)]
+
+
+def model_roles(model: torch.nn.Module) -> dict[str, str]:
+    """Every parameter's role in ``model`` (``fedsim.gradcore.param_roles`` with its embeddings named)."""
+    from fedsim.gradcore.partition import param_roles
+
+    return param_roles(dict(model.named_parameters()), embeddings=embedding_names(model))
+
+
+def _default_lr(name: str) -> float:
+    import inspect
+
+    default = inspect.signature(CHAINS.get(name)).parameters.get("lr")
+    return float(default.default) if default is not None and default.default is not inspect._empty else 1.0
+
+
+__all__ = [
+    "CHAINS",
+    "ChainOptimizer",
+    "accepted_args",
+    "build",
+    "check_optimizer_spec",
+    "make_chain",
+    "names",
+]

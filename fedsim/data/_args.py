@@ -96,6 +96,17 @@ class Args:
             raise ConfigError(f"{self.field}.{key}", "a non-empty string", value)
         return value
 
+    def integers(self, key: str, default: Sequence[int], *, low: int | None = None) -> tuple[int, ...]:
+        """A non-empty list of integers, each ``>= low`` when given (e.g. an example shape)."""
+        value = self._values.get(key, default)
+        expected = "a non-empty list of integers" + ("" if low is None else f" >= {low}")
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{self.field}.{key}", expected, value)
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (low is not None and v < low):
+                raise ConfigError(f"{self.field}.{key}", expected, value)
+        return tuple(int(v) for v in value)
+
     def mapping(self, key: str) -> Mapping[str, Any] | None:
         """A nested mapping, or ``None`` when absent."""
         value = self._values.get(key)

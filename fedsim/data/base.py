@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.data.partitions import Partitions
 from fedsim.registry import Registry
 
 # Independent random streams of the data pipeline (SeedSequence spawn keys under the run seed). The 0xDA7A
 # prefix keeps them apart from the engine's streams, which use other tags under the same seed.
 _DATA_TAG = 0xDA7A
-GENERATE = 0  # drawing a generated dataset (synthetic, MNIST-1D)
+GENERATE = 0  # drawing a generated dataset (synthetic, MNIST-1D, blobs)
 TEST_SPLIT = 1  # holding out the central test set
 PARTITION = 2  # shuffling rows and the partitioner's own RNG
 
@@ -69,7 +70,7 @@ class SplitData:
         test_y: int64 ``[M]``.
         num_classes: number of classes.
         train_users: natural user id per training example (enables the ``natural`` partitioner), or ``None``.
-        partitions: index arrays into ``train_x``, one per client, when the loader partitioned itself.
+        partitions: every client's rows of ``train_x``, when the loader partitioned itself.
     """
 
     train_x: np.ndarray
@@ -78,7 +79,7 @@ class SplitData:
     test_y: np.ndarray
     num_classes: int
     train_users: np.ndarray | None = None
-    partitions: tuple[np.ndarray, ...] | None = None
+    partitions: Partitions | None = None
 
 
 DatasetLoader = Callable[[DataRequest], SplitData]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 from fedsim.data._args import Args
 from fedsim.data.base import DATASETS, TEST_SPLIT, DataRequest, SplitData, stratified_split
@@ -19,6 +18,8 @@ def digits(request: DataRequest) -> SplitData:
         Alpaydin, E. and Kaynak, C., "Optical Recognition of Handwritten Digits", UCI Machine Learning
         Repository, 1998 (the 8x8 version shipped as ``sklearn.datasets.load_digits``).
     """
+    from sklearn.datasets import load_digits  # imported here: importing sklearn takes about a second
+
     Args(request.args, field="data.args", owner="digits", accepted=())
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)  # pixel counts are 0..16

@@ -24,19 +24,24 @@ from fedsim.data.base import (
     DatasetLoader,
 )
 from fedsim.data.partitioners import PARTITIONERS, partition_arrays
+from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError, UnknownNameError
 
 
 @dataclass(frozen=True, eq=False)
 class FederatedData:
-    """A partitioned dataset: the pooled training set, the central test set and one index array per client.
+    """A partitioned dataset: the pooled training set, the central test set and every client's rows.
+
+    The per-client cost is the partition index only (``Partitions``: 8 bytes of offset per client plus 8 per
+    example); a client's tensors are gathered when asked for. Any other sequence of index arrays given as
+    ``partitions`` is packed into ``Partitions``.
 
     Attributes:
         train_x: float32 ``[N, *input_shape]``.
         train_y: int64 ``[N]``.
         test_x: float32 ``[M, *input_shape]``, the held-out central test set.
         test_y: int64 ``[M]``.
-        partitions: one read-only int64 index array into ``train_x`` per logical client.
+        partitions: one read-only int64 index array into ``train_x`` per logical client (``Partitions``).
         num_classes: number of classes (labels lie in ``[0, num_classes)``).
         input_shape: shape of one example, e.g. ``(64,)`` for digits or ``(C, H, W)`` for images.
     """
@@ -45,18 +50,25 @@ class FederatedData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    partitions: tuple[np.ndarray, ...]
+    partitions: Partitions
     num_classes: int
     input_shape: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.partitions, Partitions):
+            object.__setattr__(self, "partitions", Partitions.from_arrays(self.partitions))
+
     def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client ``cid``'s examples ``(x, y)`` (new tensors; the pooled ones are not shared)."""
-        idx = torch.from_numpy(np.array(self.partitions[self._check(cid)], dtype=np.int64))
+        # Copy the few indices: torch.from_numpy of the read-only view would share (and warn about) it.
+        idx = torch.from_numpy(self.partitions[self._check(cid)].copy())
         return self.train_x[idx], self.train_y[idx]
 
     def num_examples(self, cid: int) -> int:
         """Number of training examples of client ``cid``."""
-        return len(self.partitions[self._check(cid)])
+        offsets = self.partitions.offsets
+        cid = self._check(cid)
+        return int(offsets[cid + 1] - offsets[cid])
 
     def _check(self, cid: int) -> int:
         if not 0 <= cid < len(self.partitions):
@@ -114,7 +126,8 @@ def load_federated_data(
     Deterministic: the same arguments give bit-identical tensors and partitions in any process.
 
     Args:
-        dataset: ``data.dataset`` (``digits``, ``synthetic``, ``mnist1d``, ``hf:<name>``, ``parquet:<path>``).
+        dataset: ``data.dataset`` (``digits``, ``synthetic``, ``mnist1d``, ``blobs``, ``hf:<name>``,
+            ``parquet:<path>``).
         args: ``data.args`` for the dataset.
         partitioner: ``data.partitioner`` (``iid``, ``dirichlet``, ``pathological``, ``shard``, ``natural``).
         partitioner_args: ``data.partitioner_args``.
@@ -160,7 +173,7 @@ def load_federated_data(
         train_y=torch.from_numpy(np.ascontiguousarray(split.train_y, dtype=np.int64)),
         test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
         test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=np.int64)),
-        partitions=tuple(partitions),
+        partitions=partitions,
         num_classes=int(split.num_classes),
         input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
     )

@@ -4,6 +4,11 @@ Every dataset is partitioned the same way: a ``datasets.Dataset`` carrying an in
 ``train_x``), the label and, when the data has one, the natural user id is handed to a flwr-datasets
 ``Partitioner``; each client's partition is read back as its index column. In-memory datasets go through
 ``partition_arrays``; Hugging Face / parquet data go through ``FederatedDataset`` with the same ``build_partitioner``.
+
+``iid`` is the exception on the read side: flwr's ``IidPartitioner`` cuts the (shuffled) rows into contiguous
+shards, which ``iid_offsets`` computes in closed form, so a population of 10^6 clients costs one numpy call rather
+than 10^6 ``Dataset.shard`` calls, and in-memory data need neither ``datasets`` nor ``flwr_datasets`` (both are
+imported only where a flwr partitioner is built).
 """
 
 from __future__ import annotations
@@ -11,22 +16,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-    ShardPartitioner,
-)
 
 from fedsim.data._args import Args
+from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError
 from fedsim.registry import Registry
+
+if TYPE_CHECKING:
+    import datasets
+    from flwr_datasets.partitioner import Partitioner
 
 INDEX = "__fedsim_index__"
 LABEL = "label"
@@ -55,7 +56,7 @@ class PartitionContext:
     dataset: str = ""
 
 
-PartitionerFactory = Callable[[Mapping[str, Any], PartitionContext], Partitioner]
+PartitionerFactory = Callable[[Mapping[str, Any], PartitionContext], "Partitioner"]
 
 PARTITIONERS: Registry[PartitionerFactory] = Registry("data.partitioner")
 
@@ -72,8 +73,21 @@ def iid(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
         McMahan, B. et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
         AISTATS 2017, arXiv:1602.05629 (the IID baseline).
     """
+    from flwr_datasets.partitioner import IidPartitioner
+
     _args(values, "iid", ())
     return IidPartitioner(num_partitions=ctx.num_clients)
+
+
+def iid_offsets(num_examples: int, num_clients: int) -> np.ndarray:
+    """Where flwr's ``IidPartitioner`` cuts ``num_examples`` rows into ``num_clients`` contiguous shards.
+
+    ``IidPartitioner`` calls ``Dataset.shard(num_clients, i, contiguous=True)``: with ``div, mod =
+    divmod(N, n)``, shard i starts at ``div * i + min(i, mod)`` and holds ``div + (i < mod)`` rows.
+    """
+    div, mod = divmod(num_examples, num_clients)
+    starts = np.arange(num_clients + 1, dtype=np.int64)
+    return starts * div + np.minimum(starts, mod)
 
 
 def default_min_partition_size(num_examples: int, num_clients: int) -> int:
@@ -98,6 +112,8 @@ def dirichlet(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
         Distribution for Federated Visual Classification", arXiv:1909.06335, 2019.
     """
     args = _args(values, "dirichlet", ("alpha", "min_partition_size", "self_balancing", "shuffle"))
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     return DirichletPartitioner(
         num_partitions=ctx.num_clients,
         partition_by=ctx.label_column,
@@ -127,6 +143,8 @@ def pathological(values: Mapping[str, Any], ctx: PartitionContext) -> Partitione
         AISTATS 2017, arXiv:1602.05629 (the pathological non-IID split).
     """
     args = _args(values, "pathological", ("num_classes_per_partition", "class_assignment_mode", "shuffle"))
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
     return PathologicalPartitioner(
         num_partitions=ctx.num_clients,
         partition_by=ctx.label_column,
@@ -155,6 +173,8 @@ def shard(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
     )
     shard_size = args.number("shard_size", None, integer=True, low=1)
     per_client_default = 2 if shard_size is None else None
+    from flwr_datasets.partitioner import ShardPartitioner
+
     return ShardPartitioner(
         num_partitions=ctx.num_clients,
         partition_by=ctx.label_column,
@@ -182,6 +202,8 @@ def natural(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
             f"a partitioner other than natural for dataset {ctx.dataset} (it has no user ids)",
             "natural",
         )
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
     return NaturalIdPartitioner(partition_by=ctx.user_column)
 
 
@@ -190,21 +212,18 @@ def build_partitioner(name: str, values: Mapping[str, Any] | None, ctx: Partitio
     factory = PARTITIONERS.get(name)
     try:
         return factory(values or {}, ctx)
+    except ImportError as exc:  # the benchmark machines carry no flwr-datasets; iid does not need it
+        raise ConfigError(
+            "data.partitioner", f"iid where flwr-datasets cannot be imported ({exc.name} is missing)", name
+        ) from None
     except (ValueError, TypeError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise _invalid(name, ctx, exc, values) from None
 
 
-def read_partitions(
-    partitioner: Partitioner, name: str, values: Any, ctx: PartitionContext
-) -> tuple[np.ndarray, ...]:
-    """Run an assigned partitioner and return each client's read-only int64 row indices (partitioner order).
-
-    Raises:
-        ConfigError: the partitioner cannot make ``ctx.num_clients`` partitions, or some client would get no
-            example (every client must hold at least one).
-    """
+def check_enough_examples(ctx: PartitionContext) -> None:
+    """Every client must be able to hold at least one example."""
     if ctx.num_clients > ctx.num_examples:
         raise ConfigError(
             "population.clients",
@@ -212,6 +231,19 @@ def read_partitions(
             "client gets one",
             ctx.num_clients,
         )
+
+
+def read_partitions(partitioner: Partitioner, name: str, values: Any, ctx: PartitionContext) -> Partitions:
+    """Run an assigned partitioner and return each client's read-only int64 row indices (partitioner order).
+
+    ``iid`` is read as contiguous shards of the index column (``iid_offsets``), which is what
+    ``IidPartitioner.load_partition`` returns, without one ``Dataset`` per client.
+
+    Raises:
+        ConfigError: the partitioner cannot make ``ctx.num_clients`` partitions, or some client would get no
+            example (every client must hold at least one).
+    """
+    check_enough_examples(ctx)
     try:
         with warnings.catch_warnings():
             # Dirichlet resampling and unused-class notices; a failure is reported as a ConfigError below.
@@ -224,25 +256,19 @@ def read_partitions(
                     f"the number of distinct user ids of {ctx.dataset} ({count}) for partitioner natural",
                     ctx.num_clients,
                 )
-            parts = []
-            for cid in range(ctx.num_clients):
-                idx = column(partitioner.load_partition(cid), INDEX).astype(np.int64)
-                idx.flags.writeable = False
-                parts.append(idx)
+            if name == "iid":
+                rows = column(partitioner.dataset, INDEX)
+                parts = Partitions(rows, iid_offsets(len(rows), ctx.num_clients))
+            else:
+                parts = Partitions.from_arrays(
+                    column(partitioner.load_partition(cid), INDEX) for cid in range(ctx.num_clients)
+                )
     except (ValueError, TypeError, IndexError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise _invalid(name, ctx, exc, values) from None
-    empty = [cid for cid, p in enumerate(parts) if len(p) == 0]
-    if empty:
-        raise ConfigError(
-            FIELD,
-            f"settings under which every client gets at least one example ({name} left {len(empty)} of "
-            f"{ctx.num_clients} clients empty, e.g. client {empty[0]}; use fewer clients, a larger alpha or "
-            "more data)",
-            dict(values or {}),
-        )
-    return tuple(parts)
+    _check_none_empty(parts, name, values, ctx)
+    return parts
 
 
 def partition_arrays(
@@ -254,16 +280,15 @@ def partition_arrays(
     num_clients: int,
     rng: np.random.Generator,
     dataset: str,
-) -> tuple[np.ndarray, ...]:
+) -> Partitions:
     """Partition in-memory training data given its labels (and natural user ids, if any).
 
     The rows are first permuted with ``rng`` (as ``FederatedDataset`` shuffles before partitioning), which makes
-    ``iid``'s contiguous shards random; the partitioner's own seed is drawn from the same generator.
+    ``iid``'s contiguous shards random; the partitioner's own seed is drawn from the same generator. ``iid`` cuts
+    the permutation directly (``iid_offsets``, the same shards as flwr's ``IidPartitioner``); the others hand a
+    ``datasets.Dataset`` to the flwr-datasets partitioner.
     """
     order = rng.permutation(len(labels))
-    columns: dict[str, Any] = {INDEX: order.astype(np.int64), LABEL: labels[order]}
-    if users is not None:
-        columns[USER] = users[order]
     ctx = PartitionContext(
         num_clients=num_clients,
         num_examples=len(labels),
@@ -272,7 +297,18 @@ def partition_arrays(
         user_column=USER if users is not None else None,
         dataset=dataset,
     )
+    if name == "iid":
+        _args(values or {}, "iid", ())
+        check_enough_examples(ctx)
+        parts = Partitions(order, iid_offsets(len(order), num_clients))
+        _check_none_empty(parts, name, values, ctx)
+        return parts
     partitioner = build_partitioner(name, values, ctx)
+    import datasets  # importable once build_partitioner could import flwr_datasets
+
+    columns: dict[str, Any] = {INDEX: order.astype(np.int64), LABEL: labels[order]}
+    if users is not None:
+        columns[USER] = users[order]
     partitioner.dataset = datasets.Dataset.from_dict(columns)
     return read_partitions(partitioner, name, values, ctx)
 
@@ -280,6 +316,18 @@ def partition_arrays(
 def column(ds: datasets.Dataset, name: str) -> np.ndarray:
     """A column of scalars as a numpy array, through Arrow (``np.asarray(ds[name])`` iterates row by row)."""
     return np.asarray(ds.with_format("arrow")[name].to_numpy())
+
+
+def _check_none_empty(parts: Partitions, name: str, values: Any, ctx: PartitionContext) -> None:
+    empty = np.flatnonzero(parts.sizes() == 0)
+    if len(empty):
+        raise ConfigError(
+            FIELD,
+            f"settings under which every client gets at least one example ({name} left {len(empty)} of "
+            f"{ctx.num_clients} clients empty, e.g. client {empty[0]}; use fewer clients, a larger alpha or "
+            "more data)",
+            dict(values or {}),
+        )
 
 
 def _invalid(name: str, ctx: PartitionContext, exc: Exception, values: Any) -> ConfigError:

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
 
 MESSAGE_TYPE_TRAIN = "train"
+MESSAGE_TYPE_PREPARE = "query.prepare"
 
 PARAMS = "fedsim.params"
 CONFIG = "fedsim.config"
@@ -33,6 +34,8 @@ WEIGHT_SUM = "weight_sum"
 NUM_EXAMPLES = "num_examples"
 TRAIN_LOSS = "train_loss"
 FAILED = "failed"
+TRAIN_SECONDS = "train_s"
+PREPARE_SECONDS = "prepare_s"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,26 @@ def train_config(scenario: Any) -> TrainConfig:
         optimizer=str(opt.pop("name")),
         optimizer_args=opt,
     )
+
+
+def encode_prepare_request(scenario: Mapping[str, Any]) -> RecordDict:
+    """Server side: ask a worker to get ready (imports, data, model) before round 1."""
+    return RecordDict({CONFIG: ConfigRecord({SCENARIO_JSON: json.dumps(scenario, sort_keys=True)})})
+
+
+def decode_prepare_request(content: RecordDict) -> dict[str, Any]:
+    """Worker side: the scenario of a prepare request."""
+    return json.loads(str(content.config_records[CONFIG][SCENARIO_JSON]))
+
+
+def encode_prepare_reply(seconds: float) -> RecordDict:
+    """Worker side: ready, after ``seconds`` of preparation."""
+    return RecordDict({STATS: MetricRecord({PREPARE_SECONDS: float(seconds)})})
+
+
+def decode_prepare_reply(content: RecordDict) -> float:
+    """Server side: the seconds a worker took to get ready."""
+    return float(content.metric_records[STATS][PREPARE_SECONDS])  # type: ignore[arg-type]
 
 
 def encode_train_request(
@@ -104,6 +127,7 @@ def encode_train_reply(result: WorkerResult) -> RecordDict:
             NUM_EXAMPLES: [int(n) for n in result.num_examples],
             TRAIN_LOSS: [float(x) for x in result.train_loss],
             FAILED: [int(c) for c in result.failed],
+            TRAIN_SECONDS: float(result.train_s),
         }
     )
     return RecordDict({DELTA_SUM: ArrayRecord(dict(result.weighted_delta_sum)), STATS: stats})
@@ -119,4 +143,5 @@ def decode_train_reply(content: RecordDict) -> WorkerResult:
         num_examples=[int(n) for n in stats[NUM_EXAMPLES]],  # type: ignore[union-attr]
         train_loss=[float(x) for x in stats[TRAIN_LOSS]],  # type: ignore[union-attr]
         failed=[int(c) for c in stats[FAILED]],  # type: ignore[union-attr]
+        train_s=float(stats.get(TRAIN_SECONDS, 0.0)),  # type: ignore[arg-type]
     )

@@ -20,6 +20,8 @@ class TrainConfig:
     batch_size: int
     optimizer: str
     optimizer_args: Mapping[str, Any] = field(default_factory=dict)
+    memory_budget_bytes: int | None = None
+    """How much the vectorised trainer may stack at once on this worker (None: no limit)."""
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,5 @@ class WorkerResult:
     num_examples: list[int]
     train_loss: list[float]
     failed: list[int]
+    train_s: float = 0.0
+    """Wall seconds the worker spent training (the rest of a round trip is dispatch and transport)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedsim.data import FederatedData, load_federated_data
+from fedsim.engine.data_cache import cached
 from fedsim.models import build_model
 from fedsim.scenario import Scenario
 
@@ -16,7 +17,13 @@ DEVICE_TAG = 4
 
 
 def build_data(scenario: Scenario) -> FederatedData:
-    """The partitioned dataset of the scenario (deterministic in ``scenario.seed``)."""
+    """The partitioned dataset of the scenario (deterministic in ``scenario.seed``), from the machine's data
+    cache when another process (or an earlier run) already built it (``fedsim.engine.data_cache``)."""
+    return cached(scenario, lambda: load_data(scenario))
+
+
+def load_data(scenario: Scenario) -> FederatedData:
+    """Build the partitioned dataset of the scenario in this process, without the cache."""
     d = scenario.data
     return load_federated_data(
         dataset=d.dataset,

@@ -14,30 +14,43 @@ from contextlib import contextmanager
 from typing import Any
 
 from fedsim.engine.server import Engine, Recorder, RunSummary
-from fedsim.errors import ConfigError
 from fedsim.scenario import Scenario
 
 
-def resolve_workers(scenario: Scenario, *, cuda_devices: int | None = None) -> int:
-    """``engine.workers``: an integer as given; ``auto`` = one per core, or per GPU share when sharing GPUs."""
+def cuda_devices() -> int:
+    """GPUs this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_share(scenario: Scenario, *, gpus: int | None = None) -> float:
+    """The GPU share each worker asks Ray for: ``engine.gpus_per_worker``, or 0 on a machine without a GPU.
+
+    A scenario written for a GPU machine runs unchanged on a CPU-only one: its workers then train on the CPU
+    (``engine.device: auto``) and the results are the same to float tolerance, only slower.
+    """
+    gpus = cuda_devices() if gpus is None else gpus
+    return float(scenario.engine.gpus_per_worker) if gpus > 0 else 0.0
+
+
+def resolve_workers(scenario: Scenario, *, gpus: int | None = None) -> int:
+    """``engine.workers``: an integer as given; ``auto`` = one per GPU share when sharing GPUs, else one per core."""
     eng = scenario.engine
     if eng.workers != "auto":
         return int(eng.workers)
-    if eng.gpus_per_worker > 0:
-        if cuda_devices is None:
-            import torch
-
-            cuda_devices = torch.cuda.device_count()
-        if cuda_devices == 0:
-            raise ConfigError(
-                "engine.gpus_per_worker", "0 on a machine without a CUDA GPU", eng.gpus_per_worker
-            )
-        return max(1, int(cuda_devices / eng.gpus_per_worker))
+    gpus = cuda_devices() if gpus is None else gpus
+    share = gpu_share(scenario, gpus=gpus)
+    if share > 0:
+        return max(1, int(gpus / share))
     return max(1, os.cpu_count() or 1)
 
 
-def backend_config(scenario: Scenario, workers: int) -> dict[str, Any]:
-    """Ray backend settings: CPU/GPU share per worker actor, quiet logs, optional existing cluster."""
+def backend_config(scenario: Scenario, workers: int, *, gpus: int | None = None) -> dict[str, Any]:
+    """Ray backend settings: CPU/GPU share per worker actor, quiet logs, optional existing cluster.
+
+    Workers with ``num_gpus`` fractions below 1 share a GPU: Ray places ``1 / gpus_per_worker`` of them on each.
+    """
     cores = os.cpu_count() or 1
     init_args: dict[str, Any] = {
         "logging_level": logging.ERROR,
@@ -49,7 +62,7 @@ def backend_config(scenario: Scenario, workers: int) -> dict[str, Any]:
     return {
         "client_resources": {
             "num_cpus": max(1, cores // workers),
-            "num_gpus": float(scenario.engine.gpus_per_worker),
+            "num_gpus": gpu_share(scenario, gpus=gpus),
         },
         "init_args": init_args,
     }
@@ -84,6 +97,10 @@ def simulate(
     from fedsim.engine.worker import client_app
 
     workers = resolve_workers(scenario)
+    if scenario.engine.gpus_per_worker > 0 and gpu_share(scenario) == 0:
+        logging.getLogger("fedsim").warning(
+            "fedsim: no CUDA GPU here: engine.gpus_per_worker is ignored and the workers train on the CPU"
+        )
     outcome: dict[str, RunSummary] = {}
     server_app = ServerApp()
 

@@ -1,13 +1,15 @@
 """Vectorised cohort training: a worker's clients trained together with ``torch.func``.
 
-Clients are bucketed by their number of local steps; each bucket's parameters are stacked ``[K, ...]`` and
-one ``vmap(grad(loss))`` call computes every client's gradient for its current mini-batch. Unequal batch
-sizes (a client's last batch) are padded and masked, so each client's loss is the mean over its real
-examples, exactly as on the sequential path. Shuffling uses the same per-client generator draws as the
-sequential path, so the two agree to float tolerance.
+Clients are bucketed by their number of local steps; each bucket is cut into chunks that fit the worker's
+memory budget, and a chunk's parameters are stacked ``[K, ...]``. Each step, one gather pulls every client's
+mini-batch out of the pooled training tensors (``[K, B, ...]``, padded and masked where a client's last batch is
+short), one ``vmap(grad_and_value(loss))`` call gives every client's gradient, and the client optimizer — a
+gradient-core chain equal to the ``torch.optim`` one (``clients.optimizers.chains``) — steps the whole stack at
+once. Shuffling uses the same per-client generator draws as the sequential path, so the two agree to float
+tolerance.
 
-Supported: models without buffers (no BatchNorm), SGD with optional momentum/Nesterov and weight decay
-(``torch.optim.SGD`` semantics). ``vectorizable`` says whether a model and optimizer qualify.
+Supported: models without buffers (no BatchNorm) and without active dropout; every registered client optimizer
+(each is a chain that accepts a leading client dimension). ``vectorizable`` says whether a model and optimizer qualify, and if not, why.
 
 References:
     Paszke et al., "PyTorch: An Imperative Style, High-Performance Deep Learning Library", NeurIPS 2019
@@ -21,27 +23,39 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
 from fedsim.engine.accumulate import CohortAccumulator
+from fedsim.engine.memory import chunk_size, client_footprint_bytes, optimizer_slots
 from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
+from fedsim.gradcore import GradientTransformation
 
-_SGD_ARGS = {"lr", "momentum", "nesterov", "weight_decay"}
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 def vectorizable(model: nn.Module, cfg: TrainConfig) -> tuple[bool, str]:
     """Whether this model/optimizer pair can train on the vectorised path, and if not, why."""
     if any(True for _ in model.buffers()):
         return False, "the model has buffers (e.g. BatchNorm statistics)"
-    if cfg.optimizer != "sgd" or not set(cfg.optimizer_args) <= _SGD_ARGS:
-        return False, f"optimizer {cfg.optimizer!r} has no vectorised form yet (sgd only)"
+    if any(isinstance(m, _DROPOUT) and m.p > 0 for m in model.modules()):
+        return (
+            False,
+            "the model has active dropout (its random masks would differ from the sequential path's)",
+        )
     return True, ""
 
 
-def _client_batches(n: int, *, epochs: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+def optimizer_chain(model: nn.Module, cfg: TrainConfig) -> GradientTransformation:
+    """The client optimizer as a gradient-core chain over stacked clients, with the model's parameter roles."""
+    return make_chain(cfg.optimizer, model_roles(model), batch_dims=1, **cfg.optimizer_args)
+
+
+def client_batches(n: int, *, epochs: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """The index batches the sequential path draws for a client (same generator, same order)."""
     gen = torch.Generator().manual_seed(seed)
     batches = []
@@ -51,57 +65,73 @@ def _client_batches(n: int, *, epochs: int, batch_size: int, seed: int) -> list[
     return batches
 
 
-def _train_bucket(
-    model: nn.Module,
-    theta: Mapping[str, torch.Tensor],
-    clients: Sequence[tuple[ClientTask, torch.Tensor, torch.Tensor]],
-    cfg: TrainConfig,
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Train clients with equal step counts together; return stacked final params and mean losses."""
-    device = next(model.parameters()).device
-    k, bsz = len(clients), cfg.batch_size
-    lr = float(cfg.optimizer_args.get("lr", 0.01))
-    mom = float(cfg.optimizer_args.get("momentum", 0.0))
-    nesterov = bool(cfg.optimizer_args.get("nesterov", False))
-    wd = float(cfg.optimizer_args.get("weight_decay", 0.0))
-    plans = [_client_batches(len(x), epochs=cfg.epochs, batch_size=bsz, seed=t.seed) for t, x, _ in clients]
-    steps = len(plans[0])
-    params = {
-        name: theta[name].to(device).unsqueeze(0).repeat(k, *([1] * theta[name].dim())) for name in theta
-    }
-    bufs = {name: torch.zeros_like(p) for name, p in params.items()} if mom else {}
+def batch_plan(
+    partitions: Sequence[np.ndarray], tasks: Sequence[ClientTask], cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the pooled training set each client reads at each step, ``[K, steps, B]``, and their mask.
 
+    All ``tasks`` must have the same number of steps. Padding rows repeat the client's first example and are
+    masked out of the loss.
+    """
+    bsz = cfg.batch_size
+    parts = [torch.from_numpy(np.array(partitions[t.cid], dtype=np.int64)) for t in tasks]
+    plans = [
+        client_batches(len(p), epochs=cfg.epochs, batch_size=bsz, seed=t.seed)
+        for p, t in zip(parts, tasks, strict=True)
+    ]
+    steps = len(plans[0])
+    rows = torch.zeros(len(tasks), steps, bsz, dtype=torch.long)
+    mask = torch.zeros(len(tasks), steps, bsz)
+    for i, (part, plan) in enumerate(zip(parts, plans, strict=True)):
+        rows[i] = part[0]
+        for s, idx in enumerate(plan):
+            rows[i, s, : len(idx)] = part[idx]
+            mask[i, s, : len(idx)] = 1.0
+    return rows, mask
+
+
+def _masked_loss(model: nn.Module):
     def loss_fn(p, x, y, mask):
         logits = functional_call(model, p, (x,))
         per_example = nn.functional.cross_entropy(logits, y, reduction="none")
         return (per_example * mask).sum() / mask.sum()
 
-    grads_and_losses = vmap(grad_and_value(loss_fn))  # one forward/backward per step for the whole bucket
-    xs = [x.to(device) for _, x, _ in clients]
-    ys = [y.to(device) for _, _, y in clients]
-    feat = xs[0].shape[1:]
+    return loss_fn
+
+
+def train_chunk(
+    model: nn.Module,
+    theta: Mapping[str, torch.Tensor],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: TrainConfig,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Train K clients together for ``rows.shape[1]`` steps; return stacked final params and mean losses.
+
+    ``rows``/``mask`` come from :func:`batch_plan`; ``train_x``/``train_y`` are the pooled training tensors on
+    the model's device.
+    """
+    device = train_x.device
+    k, steps = rows.shape[0], rows.shape[1]
+    rows, mask = rows.to(device), mask.to(device)
+    params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape).clone() for name, t in theta.items()}
+    tx = optimizer_chain(model, cfg)
+    state = tx.init(params)
+    grads_and_losses = vmap(
+        grad_and_value(_masked_loss(model))
+    )  # one forward/backward per step for the chunk
     loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
-    seen = torch.zeros(k, device=device, dtype=torch.float64)
     for step in range(steps):
-        xb = torch.zeros(k, bsz, *feat, device=device, dtype=xs[0].dtype)
-        yb = torch.zeros(k, bsz, device=device, dtype=torch.long)
-        mask = torch.zeros(k, bsz, device=device)
-        for i in range(k):
-            idx = plans[i][step].to(device)
-            xb[i, : len(idx)], yb[i, : len(idx)], mask[i, : len(idx)] = xs[i][idx], ys[i][idx], 1.0
-        grads, losses = grads_and_losses(params, xb, yb, mask)
-        with torch.no_grad():
-            counts = mask.sum(1).double()
-            loss_sum += losses.double() * counts
-            seen += counts
-            for name in params:
-                g = grads[name] + wd * params[name] if wd else grads[name]
-                if mom:
-                    # torch.optim.SGD: buf = g on the first step, then μ·buf + g (dampening 0).
-                    bufs[name] = g if step == 0 else mom * bufs[name] + g
-                    g = g + mom * bufs[name] if nesterov else bufs[name]
-                params[name] = params[name] - lr * g
-    return params, (loss_sum / seen).tolist()
+        r, m = rows[:, step], mask[:, step]
+        grads, losses = grads_and_losses(params, train_x[r], train_y[r], m)
+        updates, state = tx.update(grads, state, params)
+        with torch.no_grad():  # in place: the stack is ours, and fresh large allocations cost page faults
+            for name, u in updates.items():
+                params[name].add_(u.to(params[name].dtype))
+        loss_sum += losses.double() * m.sum(1).double()
+    return params, loss_sum / mask.sum((1, 2)).double()
 
 
 def train_cohort_vectorized(
@@ -111,20 +141,31 @@ def train_cohort_vectorized(
     data: FederatedData,
     cfg: TrainConfig,
 ) -> WorkerResult:
-    """Same contract as the sequential trainer: Σ n_i (θ_i − θ) over the usable clients, per-client facts."""
+    """Same contract as the sequential trainer: Σ n_i (θ_i − θ) over the usable clients, per-client facts.
+
+    ``data``'s pooled tensors should already be on the model's device (the worker puts them there once).
+    """
+    device = next(model.parameters()).device
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     acc = CohortAccumulator(global_params)
-    buckets: dict[int, list[tuple[ClientTask, torch.Tensor, torch.Tensor]]] = {}
+    buckets: dict[int, list[ClientTask]] = {}
     for task in tasks:
-        x, y = data.client_data(task.cid)
-        if len(x) == 0:
-            continue
-        buckets.setdefault(cfg.epochs * math.ceil(len(x) / cfg.batch_size), []).append((task, x, y))
-    done: dict[int, tuple[dict[str, torch.Tensor], int, float]] = {}
+        n = data.num_examples(task.cid)
+        if n:
+            buckets.setdefault(cfg.epochs * math.ceil(n / cfg.batch_size), []).append(task)
+    one_client = {n: p.detach().unsqueeze(0) for n, p in model.named_parameters()}
+    slots = optimizer_slots(optimizer_chain(model, cfg), one_client)
+    per_client = client_footprint_bytes(model, cfg.batch_size, data.input_shape, optimizer_slots=slots)
+    chunk = chunk_size(per_client, cfg.memory_budget_bytes)
     for members in buckets.values():
-        stacked, losses = _train_bucket(model, global_params, members, cfg)
-        for i, (task, x, _) in enumerate(members):
-            done[task.cid] = ({k: v[i] for k, v in stacked.items()}, len(x), losses[i])
-    for task in tasks:  # the task order, as on the sequential path
-        if task.cid in done:
-            acc.add(task.cid, *done[task.cid])
-    return acc.finish()
+        for start in range(0, len(members), chunk):
+            part = members[start : start + chunk]
+            rows, mask = batch_plan(data.partitions, part, cfg)
+            stacked, losses = train_chunk(model, global_params, train_x, train_y, rows, mask, cfg)
+            acc.add_stacked(
+                [t.cid for t in part],
+                stacked,
+                [data.num_examples(t.cid) for t in part],
+                losses.tolist(),
+            )
+    return acc.finish(order=[t.cid for t in tasks])

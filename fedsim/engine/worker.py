@@ -7,7 +7,9 @@ can serve any worker's message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from functools import lru_cache
 
 import torch
@@ -16,7 +18,14 @@ from flwr.clientapp import ClientApp
 
 from fedsim.data import FederatedData
 from fedsim.engine.cohort import select_cohort_trainer
-from fedsim.engine.messages import TrainRequest, decode_train_request, encode_train_reply
+from fedsim.engine.memory import memory_budget_bytes
+from fedsim.engine.messages import (
+    TrainRequest,
+    decode_prepare_request,
+    decode_train_request,
+    encode_prepare_reply,
+    encode_train_reply,
+)
 from fedsim.engine.protocol import WorkerResult
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.scenario import parse_scenario
@@ -30,20 +39,42 @@ def training_device(setting: str) -> torch.device:
 
 
 @lru_cache(maxsize=4)
-def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module]:
+def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module, int]:
+    """The run's data (pooled training tensors on the training device), model and memory budget."""
     scenario = parse_scenario(json.loads(scenario_json), source="<message>")
+    device = training_device(scenario.engine.device)
     data = build_data(scenario)
-    return data, build_initial_model(scenario, data).to(training_device(scenario.engine.device))
+    data = dataclasses.replace(data, train_x=data.train_x.to(device), train_y=data.train_y.to(device))
+    budget = memory_budget_bytes(scenario.engine.memory_budget_mb, device, scenario.engine.gpus_per_worker)
+    return data, build_initial_model(scenario, data).to(device), budget
+
+
+def prepare_environment(scenario: dict) -> float:
+    """Build (and cache in this process) the scenario's data and model; return the seconds it took."""
+    start = time.perf_counter()
+    _environment(json.dumps(scenario, sort_keys=True))
+    return time.perf_counter() - start
 
 
 def handle_train(request: TrainRequest) -> WorkerResult:
-    """Train the request's clients (no Flower types here)."""
-    data, model = _environment(json.dumps(request.scenario, sort_keys=True))
-    trainer = select_cohort_trainer(str(request.scenario["engine"]["vectorize"]), model, request.train_config)
-    return trainer(model, request.params, request.tasks, data, request.train_config)
+    """Train the request's clients (no Flower types here); the reply says how long training took."""
+    start = time.perf_counter()
+    data, model, budget = _environment(json.dumps(request.scenario, sort_keys=True))
+    cfg = dataclasses.replace(request.train_config, memory_budget_bytes=budget)
+    trainer = select_cohort_trainer(str(request.scenario["engine"]["vectorize"]), model, cfg)
+    result = trainer(model, request.params, request.tasks, data, cfg)
+    result.train_s = time.perf_counter() - start
+    return result
 
 
 client_app = ClientApp()
+
+
+@client_app.query("prepare")
+def prepare(msg: Message, context: Context) -> Message:
+    """Get ready before round 1 (imports, data, model), while the server builds its own side."""
+    seconds = prepare_environment(decode_prepare_request(msg.content))
+    return Message(content=encode_prepare_reply(seconds), reply_to=msg)
 
 
 @client_app.train()

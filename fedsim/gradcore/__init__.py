@@ -22,7 +22,11 @@ from fedsim.gradcore.base import (
     tree_map,
 )
 from fedsim.gradcore.clipping import clip_by_global_norm, global_norm
+from fedsim.gradcore.compose import repeat, reset_every
+from fedsim.gradcore.layers import clip_per_layer, scale_by_trust_ratio, tensor_norm
 from fedsim.gradcore.momentum import TraceState, trace
+from fedsim.gradcore.partition import masked, param_roles, partition
+from fedsim.gradcore.quantize import QuantizedState, quantized_state
 from fedsim.gradcore.scaling import (
     ScaleByScheduleState,
     add_decayed_weights,
@@ -37,6 +41,7 @@ __all__ = [
     "GradientTransformation",
     "OptState",
     "Params",
+    "QuantizedState",
     "ScaleByAdamState",
     "ScaleByScheduleState",
     "ScaleByYogiState",
@@ -47,14 +52,23 @@ __all__ = [
     "apply_updates",
     "chain",
     "clip_by_global_norm",
+    "clip_per_layer",
     "global_norm",
     "identity",
+    "masked",
+    "param_roles",
+    "partition",
+    "quantized_state",
+    "repeat",
+    "reset_every",
     "scale",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_schedule",
+    "scale_by_trust_ratio",
     "scale_by_yogi",
     "stateless",
     "trace",
+    "tensor_norm",
     "tree_map",
 ]

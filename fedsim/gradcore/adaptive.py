@@ -48,12 +48,24 @@ def _bias_correction(decay: float, count: torch.Tensor, enabled: bool) -> torch.
 
 
 def _precondition(
-    mu: Updates, nu: Updates, count: torch.Tensor, b1: float, b2: float, eps: float, eps_root: float, bc: bool
+    mu: Updates,
+    nu: Updates,
+    count: torch.Tensor,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    bc: bool,
+    eps_mode: str = "torch",
 ) -> dict[str, torch.Tensor]:
-    """``m_hat / (sqrt(v_hat + eps_root) + eps)`` with optional bias correction."""
+    """``m_hat / (sqrt(v_hat + eps_root) + eps)`` ("torch"), or ``sqrt(1-b2^t)/(1-b1^t) · m / (sqrt(v) + eps)``
+    ("hat": eps added to the uncorrected root), with optional bias correction."""
     c1, c2 = _bias_correction(b1, count, bc), _bias_correction(b2, count, bc)
 
     def one(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if eps_mode == "hat":
+            step = torch.sqrt(expand_left(c2, m)) / expand_left(c1, m)
+            return step * m / (torch.sqrt(v + eps_root) + eps)
         m_hat = m / expand_left(c1, m)
         v_hat = v / expand_left(c2, v)
         return m_hat / (torch.sqrt(v_hat + eps_root) + eps)
@@ -68,17 +80,22 @@ def scale_by_adam(
     *,
     eps_root: float = 0.0,
     bias_correction: bool = True,
+    eps_mode: str = "torch",
 ) -> GradientTransformation:
     """Adam's preconditioner: ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, out ``m_hat/(sqrt(v_hat)+eps)``.
 
     With ``bias_correction=True``, ``m_hat = m/(1-b1^t)`` and ``v_hat = v/(1-b2^t)`` (t from 1), as in
     ``torch.optim.Adam``; with ``False`` the raw moments are used, which is FedAdam (then ``eps`` is the paper's
-    ``tau``). ``eps_root`` is added inside the square root.
+    ``tau``). ``eps_root`` is added inside the square root. ``eps_mode="hat"`` places ``eps`` as the Adam paper's
+    Algorithm 1 footnote does (and SPAM): the step is ``sqrt(1-b2^t)/(1-b1^t) · m/(sqrt(v)+eps)``.
 
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, arXiv 1412.6980;
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021, arXiv 2003.00295.
     """
+
+    if eps_mode not in ("torch", "hat"):
+        raise ValueError(f"eps_mode must be 'torch' or 'hat'. Got {eps_mode!r}.")
 
     def init(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(count=init_count(params), mu=zeros_like(params), nu=zeros_like(params))
@@ -90,7 +107,7 @@ def scale_by_adam(
         mu = tree_map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
         nu = tree_map(lambda g, v: b2 * v + (1.0 - b2) * (g * g), updates, state.nu)
         count = state.count + 1
-        out = _precondition(mu, nu, count, b1, b2, eps, eps_root, bias_correction)
+        out = _precondition(mu, nu, count, b1, b2, eps, eps_root, bias_correction, eps_mode)
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init, update)

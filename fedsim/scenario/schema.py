@@ -100,10 +100,18 @@ class EngineConfig(_Frozen):
     workers: int | str = "auto"
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
     vectorize: Literal["auto", "on", "off"] = "auto"
+    memory_budget_mb: float | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray_address: str | None = None
     register_timeout_s: float = Field(default=120.0, gt=0)
     round_timeout_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("memory_budget_mb")
+    @classmethod
+    def _budget_positive(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError(f"must be 'auto' or a number of MiB > 0. Got {v!r}")
+        return v
 
     @field_validator("workers")
     @classmethod

@@ -41,7 +41,7 @@ def test_run_with_a_bad_file_is_one_line_exit_2_no_traceback(tmp_path):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
-        f"fedsim: error: {bad}: model.name must be one of cnn, mlp. Got 'resnet'."
+        f"fedsim: error: {bad}: model.name must be one of cnn, mlp, simple_cnn. Got 'resnet'."
     ]
 
 

@@ -1,7 +1,7 @@
 """An in-process Flower ``Grid`` for Ray-free engine tests.
 
 ``LocalGrid`` delivers each message straight to fedsim's worker function (the same code a SuperNode runs)
-and records what was sent, so tests can check the one-message-per-worker-per-round rule, timeouts and errors.
+and records what was sent, so tests can check the one-message-per-worker-per-round rule, drops and errors.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.engine.messages import MESSAGE_TYPE_PREPARE
+from fedsim.engine.worker import prepare as worker_prepare
 from fedsim.engine.worker import train as worker_train
 
 
@@ -23,10 +25,10 @@ class LocalGrid(Grid):
         fail: Callable[[int, int], bool] | None = None,
     ) -> None:
         self.node_ids = list(node_ids)
-        self.sent: list[tuple[int, int]] = []  # (round, node)
+        self.sent: list[tuple[int, int]] = []  # (round, node) of train messages
+        self.prepared: list[int] = []  # nodes sent a prepare message
         self.drop = drop or (lambda rnd, node: False)
         self.fail = fail or (lambda rnd, node: False)
-        self.timeouts: list[float | None] = []
         self._replies: dict[str, Message] = {}
         self._run = None
 
@@ -48,9 +50,19 @@ class LocalGrid(Grid):
         ids = []
         for msg in messages:
             node = msg.metadata.dst_node_id
+            if msg.metadata.message_type == MESSAGE_TYPE_PREPARE:
+                self.prepared.append(node)
+                ids.append(f"p{len(self.prepared)}")
+                msg.metadata.__dict__["_message_id"] = ids[
+                    -1
+                ]  # as Flower's grid does when it stores a message
+                ctx = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
+                self._replies[ids[-1]] = worker_prepare(msg, ctx)
+                continue
             rnd = int(msg.content.config_records["fedsim.config"]["round"])
             self.sent.append((rnd, node))
             msg_id = f"m{len(self.sent)}"
+            msg.metadata.__dict__["_message_id"] = msg_id
             ids.append(msg_id)
             if self.drop(rnd, node):
                 continue
@@ -64,8 +76,7 @@ class LocalGrid(Grid):
     def pull_messages(self, message_ids):
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages, *, timeout=None):
-        self.timeouts.append(timeout)
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the engine polls itself
         return self.pull_messages(self.push_messages(messages))
 
 

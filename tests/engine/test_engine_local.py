@@ -32,13 +32,13 @@ def run(overrides=None, grid=None, **engine_kw):
 def test_one_message_per_worker_per_round_and_learning():
     summary, rec, grid = run()
     assert [r["round"] for r in rec.rows] == [1, 2, 3, 4]
-    # at most one message per (round, worker)
+    # at most one message per (round, worker), after one prepare message per worker
     assert len(grid.sent) == len(set(grid.sent))
+    assert grid.prepared == [11, 22, 33]
     assert all(r["clients"] == 6 and r["dropped"] == 0 for r in rec.rows)
     accs = [r["test_accuracy"] for r in rec.rows]
     assert accs[-1] > accs[0] and accs[-1] > 0.5, accs
     assert rec.checkpoints == [4]
-    assert all(t == 600.0 for t in grid.timeouts)  # every wait has the scenario's deadline
     for key in (
         "wall_time_s",
         "round_wall_s",
@@ -66,11 +66,14 @@ def test_results_do_not_depend_on_the_number_of_workers():
 
 def test_a_worker_that_does_not_answer_is_counted_as_dropped_and_the_run_goes_on():
     grid = LocalGrid([1, 2], drop=lambda rnd, node: rnd == 2 and node == 1)
-    _, rec, _ = run(grid=grid)
+    _, rec, _ = run({"engine": {"round_timeout_s": 0.5}}, grid=grid)
     r2 = rec.rows[1]
     assert r2["dropped_timeout"] > 0 and r2["dropped"] == r2["dropped_timeout"]
     assert r2["clients"] == 6 - r2["dropped"]
     assert len(rec.rows) == 4
+    # the round waited for the deadline, not longer; rounds with every reply did not wait for it
+    assert 0.5 <= r2["time_round_trip_s"] < 2.0
+    assert all(r["time_round_trip_s"] < 0.5 for r in rec.rows if r["round"] != 2)
 
 
 def test_worker_error_stops_the_run_with_a_clear_message():
@@ -116,3 +119,18 @@ def test_sharding_is_stable_and_complete():
     out = shard(range(10), [4, 9])
     assert out == {4: [0, 2, 4, 6, 8], 9: [1, 3, 5, 7, 9]}
     assert client_seed(0, 1, 5) == client_seed(0, 1, 5) != client_seed(0, 2, 5)
+
+
+def test_a_worker_that_cannot_prepare_stops_the_run_with_its_reason():
+    from flwr.app import Error, Message
+
+    class BrokenPrepare(LocalGrid):
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            for i, msg in zip(ids, messages, strict=True):
+                if i.startswith("p"):
+                    self._replies[i] = Message(Error(code=0, reason="no data here"), reply_to=msg)
+            return ids
+
+    with pytest.raises(EngineError, match="failed to prepare: no data here"):
+        run(grid=BrokenPrepare([11, 22]))

@@ -35,20 +35,38 @@ SIZES = [13, 16, 5, 16, 29, 1, 8]  # unequal: different step counts and ragged l
         ("mlp", (64,), {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
         ("cnn", (64,), {"lr": 0.05}),
         ("cnn", (40,), {"lr": 0.05, "momentum": 0.5}),
+        ("simple_cnn", (3, 8, 8), {"lr": 0.05}),
+        ("mlp", (64,), {"name": "adam", "lr": 0.01, "weight_decay": 1e-3}),
+        # eps 1e-4, not 1e-8: with a tiny eps an element whose gradient is ~1e-8 (a dead unit) turns float32
+        # rounding differences between batched and single kernels into an O(lr) step (measured 3e-3 on one of 8192
+        # elements); a larger eps keeps Adam well conditioned so the comparison tests our code, not that.
+        ("cnn", (64,), {"name": "adamw", "lr": 0.01, "eps": 1e-4}),
+        ("mlp", (64,), {"name": "scale", "lr": 0.01}),  # routed by layer role
+        ("cnn", (64,), {"name": "swan", "lr": 0.01}),  # matrix ops on conv weights
+        ("mlp", (64,), {"name": "adam8bit", "lr": 0.01}),
     ],
 )
 def test_vectorized_equals_sequential(model_name, shape, opt):
     data = data_with_sizes(SIZES, shape=shape)
     model = build_model(model_name, {}, input_shape=shape, num_classes=10, seed=0)
     theta = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(epochs=2, batch_size=4, optimizer="sgd", optimizer_args=opt)
+    opt = dict(opt)
+    cfg = TrainConfig(epochs=2, batch_size=4, optimizer=opt.pop("name", "sgd"), optimizer_args=opt)
     tasks = [ClientTask(c, 100 + c) for c in range(len(SIZES))]
+    assert vectorizable(model, cfg)[0]
     seq = train_cohort_sequential(model, theta, tasks, data, cfg)
     vec = train_cohort_vectorized(model, theta, tasks, data, cfg)
     assert vec.client_ids == seq.client_ids and vec.num_examples == seq.num_examples
     assert vec.weight_sum == seq.weight_sum
     for k in theta:
-        torch.testing.assert_close(vec.weighted_delta_sum[k], seq.weighted_delta_sum[k], rtol=1e-4, atol=1e-5)
+        got, want = vec.weighted_delta_sum[k], seq.weighted_delta_sum[k]
+        if cfg.optimizer == "swan":
+            # SWAN whitens each gradient matrix (Newton-Schulz), which amplifies float32 differences between batched
+            # and single kernels by the matrix's condition number: elementwise they reach 3e-4 on some CPUs, so it is
+            # held to a per-tensor relative error instead (measured <= 3.3e-5).
+            assert float((got - want).norm() / want.norm()) < 2e-4, k
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(vec.train_loss, seq.train_loss, rtol=1e-5)
 
 
@@ -56,6 +74,64 @@ def test_what_cannot_be_vectorized_says_why():
     bn = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     ok, why = vectorizable(bn, TrainConfig(1, 4, "sgd", {"lr": 0.1}))
     assert not ok and "BatchNorm" in why
-    ok, why = vectorizable(nn.Linear(3, 3), TrainConfig(1, 4, "adam", {"lr": 0.1}))
-    assert not ok and "adam" in why
+    ok, why = vectorizable(
+        nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)), TrainConfig(1, 4, "sgd", {"lr": 0.1})
+    )
+    assert not ok and "dropout" in why
+    assert vectorizable(
+        nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.0)), TrainConfig(1, 4, "sgd", {"lr": 0.1})
+    )[0]
     assert vectorizable(nn.Linear(3, 3), TrainConfig(1, 4, "sgd", {"lr": 0.1, "momentum": 0.9}))[0]
+
+
+def test_memory_budget_chunks_the_stack_without_changing_results(monkeypatch):
+    import fedsim.engine.vectorized as vec_mod
+    from fedsim.engine.memory import client_footprint_bytes
+
+    sizes = [8] * 9 + [5] * 4  # two buckets (2 and 4 steps at batch 4... with 2 epochs)
+    data = data_with_sizes(sizes)
+    model = build_model("mlp", {}, input_shape=(64,), num_classes=10, seed=0)
+    theta = {k: v.clone() for k, v in model.state_dict().items()}
+    tasks = [ClientTask(c, 7 * c) for c in range(len(sizes))]
+    cfg = TrainConfig(epochs=2, batch_size=4, optimizer="sgd", optimizer_args={"lr": 0.1, "momentum": 0.9})
+    whole = train_cohort_vectorized(model, theta, tasks, data, cfg)
+
+    per_client = client_footprint_bytes(model, 4, (64,), optimizer_slots=1)
+    stacked: list[int] = []
+    real = vec_mod.train_chunk
+    monkeypatch.setattr(
+        vec_mod, "train_chunk", lambda *a, **k: (stacked.append(a[4].shape[0]), real(*a, **k))[1]
+    )
+    budget = TrainConfig(**{**cfg.__dict__, "memory_budget_bytes": 3 * per_client + 1})
+    chunked = train_cohort_vectorized(model, theta, tasks, data, budget)
+
+    assert stacked == [3, 3, 3, 3, 1]  # 9 clients of one step count, then 4 of the other, never more than 3
+    assert chunked.client_ids == whole.client_ids == list(range(len(sizes)))
+    for k in theta:
+        torch.testing.assert_close(
+            chunked.weighted_delta_sum[k], whole.weighted_delta_sum[k], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_a_client_with_non_finite_data_is_left_out_and_the_others_are_untouched():
+    data = data_with_sizes([6, 6, 6])
+    data.train_x[6:12] = float("nan")  # client 1
+    model = build_model("mlp", {}, input_shape=(64,), num_classes=10, seed=0)
+    theta = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=4, optimizer="sgd", optimizer_args={"lr": 0.1})
+    tasks = [ClientTask(c, c) for c in range(3)]
+    vec = train_cohort_vectorized(model, theta, tasks, data, cfg)
+    seq = train_cohort_sequential(model, theta, tasks, data, cfg)
+    assert vec.failed == seq.failed == [1]
+    assert vec.client_ids == seq.client_ids == [0, 2]
+    for k in theta:
+        torch.testing.assert_close(vec.weighted_delta_sum[k], seq.weighted_delta_sum[k], rtol=1e-4, atol=1e-5)
+
+
+def test_activation_estimate_counts_every_layer_output():
+    from fedsim.engine.memory import activation_bytes_per_example, chunk_size
+
+    model = build_model("mlp", {"hidden": [32]}, input_shape=(64,), num_classes=10)
+    # Flatten (64) + Linear (32) + ReLU (32) + Linear (10) float32 outputs for one example.
+    assert activation_bytes_per_example(model, (64,)) == (64 + 32 + 32 + 10) * 4
+    assert chunk_size(100, 1000) == 10 and chunk_size(100, 50) == 1 and chunk_size(100, None) > 10**9

@@ -47,6 +47,18 @@ def test_errors_name_the_field():
         build_model("mlp", {"width": 3}, input_shape=(4,), num_classes=2)
     with pytest.raises(ConfigError, match=r"model\.args\.hidden must be a list of integers >= 1"):
         build_model("mlp", {"hidden": [0]}, input_shape=(4,), num_classes=2)
-    with pytest.raises(UnknownNameError, match="model.name must be one of cnn, mlp"):
+    with pytest.raises(UnknownNameError, match="model.name must be one of cnn, mlp, simple_cnn"):
         build_model("resnet", {}, input_shape=(4,), num_classes=2)
-    assert model_names() == ["cnn", "mlp"]
+    assert model_names() == ["cnn", "mlp", "simple_cnn"]
+
+
+def test_simple_cnn_has_pfl_research_parameter_count():
+    # pfl-research's simple_cnn at CIFAR-10's shape: conv 3→32 (896) + conv 32→64 (18 496)
+    # + Linear(14·14·64 → 128) (1 605 760) + Linear(128 → 10) (1 290) = 1 626 442 parameters.
+    m = build_model("simple_cnn", {}, input_shape=(3, 32, 32), num_classes=10, seed=0)
+    assert sum(p.numel() for p in m.parameters()) == 1_626_442
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"model\.name must be a model for flat inputs"):
+        build_model("simple_cnn", {}, input_shape=(64,), num_classes=10)
+    with pytest.raises(ConfigError, match=r"model\.args\.conv_dropout must be a probability"):
+        build_model("simple_cnn", {"conv_dropout": 1.5}, input_shape=(3, 8, 8), num_classes=10)

@@ -86,7 +86,7 @@ BAD = [
         "name: x\nstrategy: {name: fedavgg}\n",
         "strategy.name must be one of fedadam, fedavg, fedavgm, fedyogi. Got 'fedavgg'.",
     ),
-    ("name: x\nmodel: {name: resnet}\n", "model.name must be one of cnn, mlp. Got 'resnet'."),
+    ("name: x\nmodel: {name: resnet}\n", "model.name must be one of cnn, mlp, simple_cnn. Got 'resnet'."),
     (
         "name: x\nclient: {optimizer: {name: sgd, lr: -1}}\n",
         "client.optimizer.lr must be a number > 0. Got -1.",
@@ -95,13 +95,18 @@ BAD = [
         "name: x\nclient: {optimizer: {name: sgd, lrr: 1}}\n",
         "client.optimizer.lrr must be one of the arguments",
     ),
-    ("name: x\nclient: {optimizer: {name: sgdd}}\n", "client.optimizer.name must be one of adam, adamw, sgd"),
+    ("name: x\nclient: {optimizer: {name: sgdd}}\n", "client.optimizer.name must be one of adam, adam8bit, adamw, agvm_sgd"),
     ("name: x\nstrategy: {server_optimizer: {name: adam, lr: 0}}\n", "strategy.server_optimizer.lr must be"),
     ("name: x\ndata: {dataset: cifar}\n", "data.dataset must be one of"),
     ("name: x\ndata: {partitioner: random}\n", "data.partitioner must be one of"),
     (
-        "name: x\nengine: {vectorize: 'on'}\nclient: {optimizer: {name: adam}}\n",
-        "engine.vectorize must be 'auto' or 'off' here, because optimizer 'adam' has no vectorised form yet",
+        "name: x\nengine: {vectorize: 'on'}\npopulation: {clients: 10}\nmodel: {name: simple_cnn, args: {conv_dropout: 0.25}}\n"
+        "data: {dataset: blobs, args: {shape: [3, 8, 8], samples_per_client: 4}}\n",
+        "engine.vectorize must be 'auto' or 'off' here, because the model has active dropout",
+    ),
+    (
+        "name: x\nengine: {memory_budget_mb: 0}\n",
+        "engine.memory_budget_mb: must be 'auto' or a number of MiB > 0",
     ),
     (
         "name: x\nclient: {optimizer_state: persistent}\n",

@@ -1,0 +1,198 @@
+"""Loading through flwr-datasets' ``FederatedDataset`` for ``hf:<name>`` and ``parquet:<path>``.
+
+Kept apart from ``fedsim.data.huggingface`` (which registers the names) because it needs ``datasets``,
+``flwr_datasets`` and ``pyarrow`` at import; it is imported only when such a dataset is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import datasets
+import numpy as np
+from flwr_datasets import FederatedDataset
+from flwr_datasets.partitioner import Partitioner
+
+from fedsim.data._args import Args
+from fedsim.data.base import PARTITION, TEST_SPLIT, DataRequest, SplitData, stratified_split
+from fedsim.data.partitioners import INDEX, PartitionContext, build_partitioner, column, read_partitions
+from fedsim.errors import ConfigError
+
+
+class _SizedPartitioner(Partitioner):
+    """Builds the scenario's partitioner once the train split (and so its size) is known.
+
+    ``FederatedDataset`` wants its partitioners up front, but defaults such as Dirichlet's
+    ``min_partition_size`` depend on the number of training rows, known only after loading and resplitting.
+    """
+
+    def __init__(self, request: DataRequest, ctx: PartitionContext) -> None:
+        super().__init__()
+        self._request = request
+        self._ctx = ctx
+        self._inner: Partitioner | None = None
+
+    @property
+    def context(self) -> PartitionContext:
+        return replace(self._ctx, num_examples=self.dataset.num_rows)
+
+    def inner(self) -> Partitioner:
+        if self._inner is None:
+            self._inner = build_partitioner(
+                self._request.partitioner, self._request.partitioner_args, self.context
+            )
+            self._inner.dataset = self.dataset
+        return self._inner
+
+    def load_partition(self, partition_id: int) -> datasets.Dataset:
+        return self.inner().load_partition(partition_id)
+
+    @property
+    def num_partitions(self) -> int:
+        return self.inner().num_partitions
+
+
+def load_split_data(
+    request: DataRequest, args: Args, *, dataset: str, subset: str | None, load_kwargs: dict[str, Any]
+) -> SplitData:
+    """Load ``dataset`` through ``FederatedDataset``, resplit it and partition its train split (see the loaders)."""
+    x_spec = args.raw("x")
+    y_col = args.string("y", "label")
+    user_col = args.string("user", None)
+    train_split = args.string("train_split", "train")
+    test_split = args.string("test_split", "test")
+    cache_dir = args.string("cache_dir", None)
+    if cache_dir is not None:
+        load_kwargs = {**load_kwargs, "cache_dir": cache_dir}
+    rng = request.rng(PARTITION)
+    shuffle_seed, partition_seed = (int(s) for s in rng.integers(2**32, size=2))
+
+    def preprocess(dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        if train_split not in dd:
+            raise ConfigError(
+                "data.args.train_split", f"a split of {request.name} ({', '.join(dd)})", train_split
+            )
+        train = dd[train_split]
+        for field, col in (("data.args.y", y_col), ("data.args.user", user_col)):
+            if col is not None and col not in train.column_names:
+                raise ConfigError(field, f"a column of {request.name} ({', '.join(train.column_names)})", col)
+        if test_split in dd and test_split != train_split:
+            test = dd[test_split]
+        elif "test_split" in args:
+            raise ConfigError(
+                "data.args.test_split", f"a split of {request.name} ({', '.join(dd)})", test_split
+            )
+        else:
+            labels = column(train, y_col)
+            keep, held_out = stratified_split(labels, request.test_fraction, request.rng(TEST_SPLIT))
+            train, test = train.select(keep), train.select(held_out)
+        train = train.add_column(INDEX, np.arange(len(train), dtype=np.int64))
+        return datasets.DatasetDict({"train": train, "test": test})
+
+    ctx = PartitionContext(
+        num_clients=request.num_clients,
+        num_examples=0,  # set by _SizedPartitioner once loaded
+        seed=partition_seed,
+        label_column=y_col,
+        user_column=user_col,
+        dataset=request.name,
+    )
+    partitioner = _SizedPartitioner(request, ctx)
+    fds = FederatedDataset(
+        dataset=dataset,
+        subset=subset,
+        preprocessor=preprocess,
+        partitioners={"train": partitioner},
+        shuffle=True,
+        seed=shuffle_seed,
+        **load_kwargs,
+    )
+    try:
+        train = fds.partitioners["train"].dataset  # loads, shuffles, preprocesses, assigns
+        test = fds.load_split("test")
+    except (OSError, datasets.exceptions.DatasetNotFoundError) as exc:
+        raise ConfigError(
+            "data.dataset", f"a dataset that can be loaded ({type(exc).__name__}: {exc})", request.name
+        ) from None
+    partitions = read_partitions(
+        partitioner, request.partitioner, request.partitioner_args, partitioner.context
+    )
+
+    x_cols = _feature_columns(train, x_spec, y_col, user_col)
+    train_y, test_y, num_classes = _labels(train, test, y_col)
+    return SplitData(
+        train_x=_features(train, x_cols),
+        train_y=train_y,
+        test_x=_features(test, x_cols),
+        test_y=test_y,
+        num_classes=num_classes,
+        partitions=partitions,
+    )
+
+
+def _feature_columns(ds: datasets.Dataset, spec: Any, y_col: str, user_col: str | None) -> str | list[str]:
+    """The feature column (str) or list of numeric columns named by ``data.args.x``, or the default."""
+    columns = [c for c in ds.column_names if c != INDEX]
+    if spec is None:
+        if "image" in columns:
+            return "image"
+        spec = [c for c in columns if c not in (y_col, user_col)]
+    names = [spec] if isinstance(spec, str) else spec
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise ConfigError("data.args.x", "a column name or a non-empty list of column names", spec)
+    for c in names:
+        if c not in columns:
+            raise ConfigError("data.args.x", f"columns of the dataset ({', '.join(columns)})", spec)
+    return spec if isinstance(spec, str) else names
+
+
+def _features(ds: datasets.Dataset, cols: str | list[str]) -> np.ndarray:
+    """float32 features: images to (C, H, W) in [0, 1]; one array column as is; scalar columns stacked."""
+    if isinstance(cols, list):
+        try:
+            x = np.stack([np.asarray(column(ds, c), dtype=np.float32) for c in cols], axis=1)
+        except (ValueError, TypeError):
+            raise ConfigError("data.args.x", "numeric scalar columns", cols) from None
+        return x
+    if isinstance(ds.features[cols], datasets.Image):
+        try:
+            images = np.asarray(_decoded(ds, cols))
+        except ValueError:
+            images = np.zeros(0, dtype=object)
+        if images.dtype == object or images.ndim not in (3, 4):
+            raise ConfigError(
+                "data.args.x", f"an image column whose images ({cols}) all have one size and mode", cols
+            )
+        if images.ndim == 3:  # grayscale [N, H, W]
+            images = images[:, None]
+        else:  # [N, H, W, C] -> [N, C, H, W]
+            images = images.transpose(0, 3, 1, 2)
+        return images.astype(np.float32) / 255.0
+    try:
+        return np.asarray(_decoded(ds, cols), dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ConfigError("data.args.x", "a numeric (array) column or an image column", cols) from None
+
+
+def _decoded(ds: datasets.Dataset, name: str) -> Any:
+    """A column decoded by ``datasets`` (images to arrays, sequences to arrays), in one batch."""
+    return ds.select_columns([name]).with_format("numpy")[:][name]
+
+
+def _labels(train: datasets.Dataset, test: datasets.Dataset, col: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """int64 labels in [0, num_classes): ClassLabel ids, non-negative integers, or sorted distinct strings."""
+    feature = train.features[col]
+    y_train, y_test = column(train, col), column(test, col)
+    if isinstance(feature, datasets.ClassLabel):
+        return y_train.astype(np.int64), y_test.astype(np.int64), int(feature.num_classes)
+    both = np.concatenate([y_train, y_test])
+    if np.issubdtype(both.dtype, np.integer):
+        if both.size and both.min() < 0:
+            raise ConfigError("data.args.y", "a column of non-negative integer labels", col)
+        return y_train.astype(np.int64), y_test.astype(np.int64), int(both.max()) + 1 if both.size else 0
+    names = np.unique(both.astype(str))
+    lookup: Mapping[str, int] = {n: i for i, n in enumerate(names)}
+    encode = np.vectorize(lambda v: lookup[str(v)], otypes=[np.int64])
+    return encode(y_train), encode(y_test), len(names)

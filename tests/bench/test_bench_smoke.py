@@ -1,0 +1,51 @@
+"""The benchmark scripts run (tiny sizes, in-process arms only): a broken bench is caught before anyone times it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(ROOT / "bench" / args[0]), *args[1:]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+
+
+def test_engine_vs_flower_floor_arm_on_both_workloads(tmp_path):
+    out = tmp_path / "r.json"
+    common = ["--population", "40", "--clients-per-round", "8", "--reps", "1", "--skip", "fedsim", "flower"]
+    for workload in (["--workload", "cpu"], ["--workload", "gpu", "--device", "cpu"]):
+        proc = bench("engine_vs_flower.py", *workload, *common, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        floor = json.loads(out.read_text())["runs"][0]["floor"]
+        assert floor["vectorized_s"] > 0 and floor["sequential_s"] > 0
+        assert "| 8 | - | - |" in proc.stdout  # the table row, with the skipped arms shown as "-"
+
+
+def test_chunk_size_sweep():
+    proc = bench("chunk_size.py", "--clients", "12", "--population", "40", "--budgets-mb", "1", "--reps", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| unlimited | 12 |" in proc.stdout and "| 1 |" in proc.stdout
+
+
+def test_optimizer_benchmark_runs_and_8bit_adam_shows_about_two_bytes_per_param():
+    proc = bench("optimizers.py", "--steps", "3", "--reps", "1", "--only", "adam", "adam8bit")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ")
+    }
+    assert float(rows["adam"][7]) == 8.0  # fp32: two moments of 4 bytes
+    assert 2.0 < float(rows["adam8bit"][7]) < 2.1  # 8-bit: 2 codes + 4-byte absmax per 256-block
+
+
+def test_every_shipped_scenario_validates():
+    from fedsim.scenario.load import check_registered_names, load_scenario
+
+    for path in sorted((ROOT / "scenarios").glob("*.yaml")):
+        check_registered_names(load_scenario(path))
