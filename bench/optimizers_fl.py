@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from fedsim.run import run_scenario  # noqa: E402
 from fedsim.scenario import load_scenario, parse_scenario  # noqa: E402
 
-DEFAULT = ["sgd:0.1", "adam:0.003", "diffgrad:0.003", "spam:0.003", "scale:0.003"]
+DEFAULT = ["sgd:0.1", "adam:0.003", "diffgrad:0.003", "spam:0.003", "scale:0.01", "swan:0.01"]
 
 
 def main() -> None:
