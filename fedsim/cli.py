@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from fedsim import __version__
-from fedsim.errors import FedsimError
+from fedsim.errors import ConfigError, FedsimError
 
 app = typer.Typer(
     name="fedsim",
@@ -69,8 +69,53 @@ def run(
         sc = parse_scenario({**sc.model_dump(mode="json"), "rounds": rounds}, source=f"{scenario} (--rounds)")
     from fedsim.run import run_scenario
 
-    outcome = run_scenario(sc, output_root=output, show_progress=not quiet)
+    try:
+        outcome = run_scenario(sc, output_root=output, show_progress=not quiet)
+    except ConfigError as exc:  # e.g. privacy settings that cannot be accounted: attribute them to the file
+        raise (exc if exc.source else exc.with_source(str(scenario))) from None
     typer.echo(outcome.summary_line())
+
+
+@app.command()
+def privacy(
+    scenario: ScenarioArg,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for the report (default: <output.dir>/<name>/privacy-<timestamp>/).",
+        ),
+    ] = None,
+) -> None:
+    """DP accounting report of a scenario, without training: privacy.json, privacy.md and an ε-per-round plot.
+
+    Prints ε per accountant and the report folder.
+    """
+    import time
+
+    from fedsim.privacy.plan import plan_and_spend
+    from fedsim.privacy.report import NOT_PRIVATE, privacy_record, write_privacy_report
+    from fedsim.scenario import load_scenario
+
+    sc = load_scenario(scenario)
+    if sc.privacy is None:
+        raise ConfigError(
+            "privacy", "set in the scenario to get a privacy report (it is null)", None, source=str(scenario)
+        )
+    try:
+        plan, spent = plan_and_spend(sc)
+    except ConfigError as exc:
+        raise exc.with_source(str(scenario)) from None
+    folder = output or Path(sc.output.dir) / sc.name / f"privacy-{time.strftime('%Y%m%d-%H%M%S')}"
+    record = privacy_record(plan, spent, source="scenario")
+    write_privacy_report(folder, record, plan)
+    eps = " ".join(f"epsilon_{a}={v:.4f}" for a, v in record["epsilon"].items())
+    flag = f" {NOT_PRIVATE}" if record["insecure_seed"] else ""
+    typer.echo(
+        f"{sc.name}: {eps} delta={plan.config.delta:g} sigma={plan.noise_multiplier:.4g} "
+        f"q={plan.mechanism.sample_rate:.4g} rounds={plan.mechanism.steps}{flag} report={folder}"
+    )
 
 
 @app.command()
@@ -84,6 +129,13 @@ def validate(
     for path in scenarios:
         try:
             sc = load_scenario(path)
+            if sc.privacy is not None:  # an unreachable target ε or an unaccountable sampling fails here too
+                from fedsim.privacy.plan import plan_from_scenario
+
+                try:
+                    plan_from_scenario(sc)
+                except ConfigError as exc:
+                    raise exc.with_source(str(path)) from None
         except FedsimError as exc:
             typer.echo(f"fedsim: error: {exc}", err=True)
             bad += 1

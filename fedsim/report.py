@@ -34,10 +34,43 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
+def write_run_privacy_report(
+    run_dir: Path, scenario: Scenario, rows: Sequence[Mapping[str, Any]], privacy: Any = None
+) -> str:
+    """For a DP scenario, write ``privacy.json``/``privacy.md``/plot for what the run spent (the rounds it
+    finished) with its measured clipping; return the settings line for ``report.md``."""
+    if scenario.privacy is None:
+        return "privacy: none (this run is not differentially private)"
+    from dataclasses import replace
+
+    from fedsim.privacy.plan import plan_and_spend, spend
+    from fedsim.privacy.report import NOT_PRIVATE, measured_clipping, privacy_record, write_privacy_report
+
+    plan, spent = privacy or plan_and_spend(scenario)
+    done = len(rows)
+    if 0 < done < plan.mechanism.steps:
+        spent = spend(replace(plan.mechanism, steps=done), plan.config.delta, plan.accountants)
+    record = privacy_record(plan, spent, source="run", measured=measured_clipping(rows), rounds_run=done)
+    write_privacy_report(run_dir, record, plan)
+    eps = ", ".join(f"{a} {v:.3f}" for a, v in record["epsilon"].items())
+    flag = f" **{NOT_PRIVATE}**" if record["insecure_seed"] else ""
+    return (
+        f"privacy: client-level DP, ε = {eps} at δ = {plan.config.delta:g} after {done} round(s)"
+        f"{flag} (see `privacy.md`)"
+    )
+
+
 def write_report(
-    run_dir: Path, scenario: Scenario, rows: Sequence[Mapping[str, Any]], *, wall_s: float
+    run_dir: Path,
+    scenario: Scenario,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    wall_s: float,
+    privacy: Any = None,
 ) -> Path:
-    """Write ``report.md`` (summary table, settings, plot) into ``run_dir``."""
+    """Write ``report.md`` (summary table, settings, plot) into ``run_dir``; for a DP scenario also the privacy
+    report (``privacy``: the resolved ``(PrivacyPlan, Spend)`` when the caller has it)."""
+    privacy_line = write_run_privacy_report(run_dir, scenario, rows, privacy)
     plot = plot_metrics(rows, run_dir / "plots" / "metrics.png")
     last_eval = next((r for r in reversed(rows) if r.get("test_accuracy") is not None), {})
     best = max((r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None), default=None)
@@ -66,7 +99,7 @@ def write_report(
         f"server optimizer {scenario.strategy.server_optimizer.model_dump()}",
         f"- clients: {scenario.client.epochs} epoch(s), batch {scenario.client.batch_size}, "
         f"optimizer {scenario.client.optimizer.model_dump()}",
-        f"- seed {scenario.seed}; privacy: none (this run is not differentially private)",
+        f"- seed {scenario.seed}; {privacy_line}",
         "",
         "## Accuracy and loss per round",
         "",

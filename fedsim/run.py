@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsim.engine.server import RunSummary
 from fedsim.errors import ConfigError
+from fedsim.privacy.plan import plan_and_spend
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
@@ -31,8 +32,11 @@ class RunOutcome:
     def summary_line(self) -> str:
         row = self.summary.last_row
         acc, loss = row.get("test_accuracy"), row.get("test_loss")
+        eps = "".join(
+            f" epsilon_{k[len('epsilon_') :]}={v:.3f}" for k, v in row.items() if k.startswith("epsilon_")
+        )
         return (
-            f"done: rounds={self.summary.rounds} test_accuracy={acc:.4f} test_loss={loss:.4f} "
+            f"done: rounds={self.summary.rounds} test_accuracy={acc:.4f} test_loss={loss:.4f}{eps} "
             f"wall_s={self.wall_s:.1f} results={self.path}"
         )
 
@@ -98,19 +102,20 @@ def run_scenario(
 
     check_registered_names(scenario)
     check_machine(scenario)
+    privacy = plan_and_spend(scenario) if scenario.privacy is not None else None  # bad settings fail here
     t0 = time.monotonic()
     path = new_run_dir(scenario, root=output_root)
     run_dir = RunDir(path, scenario)
     console = Console(file=sys.stderr, quiet=not show_progress)
     try:
         with _ProgressDisplay(console, scenario.rounds) as display:
-            summary = simulate(scenario, run_dir, on_round=display)
+            summary = simulate(scenario, run_dir, on_round=display, privacy=privacy)
     except BaseException:
         run_dir.close()
         if run_dir.rows:
-            write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0)
+            write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0, privacy=privacy)
         raise
     run_dir.close()
     wall = time.monotonic() - t0
-    write_report(path, scenario, run_dir.rows, wall_s=wall)
+    write_report(path, scenario, run_dir.rows, wall_s=wall, privacy=privacy)
     return RunOutcome(path=path, summary=summary, wall_s=wall)

@@ -34,11 +34,13 @@ class ReducedUpdates:
         weighted_delta_sum: Σ_i w_i · (θ_i − θ) per tensor, over the clients that replied.
         weight_sum: Σ_i w_i (w_i = the client's number of training examples).
         num_clients: how many clients contributed.
+        update_norms: with client-level DP clipping, each contributing client's update norm before clipping.
     """
 
     weighted_delta_sum: Mapping[str, torch.Tensor]
     weight_sum: float
     num_clients: int
+    update_norms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,11 @@ class FedAvg:
     def aggregate(self, state: FedAvgState, params: Params, updates: ReducedUpdates) -> AggregateResult:
         if updates.num_clients == 0 or updates.weight_sum <= 0:
             return AggregateResult(params=dict(params), state=state, metrics={"aggregated": 0.0})
-        delta = pseudo_gradient(params, updates)
+        return self.step(state, params, pseudo_gradient(params, updates))
+
+    def step(self, state: FedAvgState, params: Params, delta: Mapping[str, torch.Tensor]) -> AggregateResult:
+        """Apply the server optimizer to a pseudo-gradient Δ (also the entry point of the DP wrapper, which
+        builds Δ from a noised sum)."""
         steps, opt_state = self.optimizer.update(delta, state.opt_state, params)
         new_params = apply_updates(params, steps)
         norm = torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values())).item()

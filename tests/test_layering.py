@@ -9,7 +9,17 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["fedsim.gradcore", "strategies", "fedsim.scenario.schema", "fedsim.engine.protocol"]
+    "module",
+    [
+        "fedsim.gradcore",
+        "strategies",
+        "strategies.dp",
+        "fedsim.scenario.schema",
+        "fedsim.engine.protocol",
+        "fedsim.privacy.plan",
+        "fedsim.privacy.report",
+        "fedsim.privacy.client_level",
+    ],
 )
 def test_core_modules_import_neither_flwr_nor_ray(module):
     code = (

@@ -6,7 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedsim.engine.protocol import WorkerResult
+from fedsim.engine.protocol import ClientClip, WorkerResult
+from fedsim.gradcore import global_norm
+from fedsim.privacy.client_level import update_clipper
 
 
 class CohortAccumulator:
@@ -14,13 +16,36 @@ class CohortAccumulator:
 
     Clients come one at a time (``add``, the sequential path) or as a stack with a leading client dimension
     (``add_stacked``, the vectorised path: one weighted sum per tensor on the training device).
+
+    With ``clip`` (client-level DP) each client's update is clipped before it is added, every client weighs 1,
+    and its norm before clipping is kept for the privacy report.
     """
 
-    def __init__(self, global_params: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, global_params: Mapping[str, torch.Tensor], clip: ClientClip | None = None) -> None:
         self.theta = global_params
         self.float_keys = [k for k, v in global_params.items() if v.is_floating_point()]
         self.delta_sum = {k: torch.zeros_like(global_params[k], dtype=torch.float64) for k in self.float_keys}
         self.result = WorkerResult({}, 0.0, [], [], [], [])
+        self.clip = clip
+        self._clippers: dict[int, tuple] = {}
+
+    def _clipped(self, deltas: dict[str, torch.Tensor], batch_dims: int) -> tuple[dict, torch.Tensor]:
+        """The clipped updates and their norms before clipping (per client when ``batch_dims`` is 1)."""
+        assert self.clip is not None
+        norms = global_norm(deltas, batch_dims=batch_dims)
+        if batch_dims not in self._clippers:
+            c = self.clip
+            clipper = update_clipper(
+                c.max_norm,
+                c.mode,
+                layer_split=c.layer_split,
+                normalize=c.normalize_layers,
+                batch_dims=batch_dims,
+            )
+            self._clippers[batch_dims] = (clipper, clipper.init(deltas))  # stateless: the state never changes
+        clipper, state = self._clippers[batch_dims]
+        clipped, _ = clipper.update(deltas, state)
+        return clipped, norms
 
     def add(
         self, cid: int, new_params: Mapping[str, torch.Tensor], num_examples: int, mean_loss: float
@@ -29,8 +54,13 @@ class CohortAccumulator:
         if not all(torch.isfinite(d).all() for d in deltas.values()):
             self.result.failed.append(cid)
             return
+        weight = num_examples
+        if self.clip is not None:
+            deltas, norm = self._clipped(deltas, 0)
+            self.result.update_norms.append(float(norm))
+            weight = 1
         for k, d in deltas.items():
-            self.delta_sum[k] += num_examples * d
+            self.delta_sum[k] += weight * d
         self._keep(cid, num_examples, mean_loss)
 
     def add_stacked(
@@ -48,15 +78,28 @@ class CohortAccumulator:
         ok = torch.ones(len(cids), dtype=torch.bool, device=device)
         for d in deltas.values():
             ok &= torch.isfinite(d).flatten(1).all(1)
-        weights = torch.tensor(num_examples, dtype=torch.float64, device=device) * ok
-        for k, d in deltas.items():
-            finite = torch.where(
+        deltas = {
+            k: torch.where(
                 ok.view(-1, *([1] * (d.dim() - 1))), d, torch.zeros((), dtype=d.dtype, device=device)
             )
-            self.delta_sum[k] += torch.tensordot(weights.to(d.dtype), finite, dims=1).double().cpu()
-        for cid, good, n, loss in zip(cids, ok.tolist(), num_examples, mean_losses, strict=True):
+            for k, d in deltas.items()
+        }
+        if self.clip is not None:
+            deltas, norms = self._clipped(deltas, 1)
+            weights = ok.to(torch.float64)
+        else:
+            norms = None
+            weights = torch.tensor(num_examples, dtype=torch.float64, device=device) * ok
+        for k, d in deltas.items():
+            self.delta_sum[k] += torch.tensordot(weights.to(d.dtype), d, dims=1).double().cpu()
+        norm_list = norms.tolist() if norms is not None else [None] * len(cids)
+        for cid, good, n, loss, norm in zip(
+            cids, ok.tolist(), num_examples, mean_losses, norm_list, strict=True
+        ):
             if good:
                 self._keep(cid, n, loss)
+                if norm is not None:
+                    self.result.update_norms.append(float(norm))
             else:
                 self.result.failed.append(cid)
 
@@ -72,11 +115,14 @@ class CohortAccumulator:
         r.weighted_delta_sum = {k: v.to(self.theta[k].dtype) for k, v in self.delta_sum.items()}
         if order is not None:
             rank = {cid: i for i, cid in enumerate(order)}
+            norms = r.update_norms or [None] * len(r.client_ids)
             kept = sorted(
-                zip(r.client_ids, r.num_examples, r.train_loss, strict=True), key=lambda t: rank[t[0]]
+                zip(r.client_ids, r.num_examples, r.train_loss, norms, strict=True), key=lambda t: rank[t[0]]
             )
-            r.client_ids = [c for c, _, _ in kept]
-            r.num_examples = [n for _, n, _ in kept]
-            r.train_loss = [loss for _, _, loss in kept]
+            r.client_ids = [c for c, _, _, _ in kept]
+            r.num_examples = [n for _, n, _, _ in kept]
+            r.train_loss = [loss for _, _, loss, _ in kept]
+            if r.update_norms:
+                r.update_norms = [float(m) for _, _, _, m in kept]
             r.failed.sort(key=lambda c: rank[c])
         return r

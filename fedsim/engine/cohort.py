@@ -42,7 +42,7 @@ def train_cohort_sequential(
     of the state dict are averaged; integer buffers keep the global value.
     """
     device = next(model.parameters()).device
-    acc = CohortAccumulator(global_params)
+    acc = CohortAccumulator(global_params, cfg.clip)
     for task in tasks:
         model.load_state_dict(global_params, strict=True)
         x, y = (t.to(device) for t in data.client_data(task.cid))

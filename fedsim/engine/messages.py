@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
+from fedsim.engine.protocol import ClientClip, ClientTask, TrainConfig, WorkerResult
+from fedsim.privacy.client_level import clip_mode
 
 MESSAGE_TYPE_TRAIN = "train"
 MESSAGE_TYPE_PREPARE = "query.prepare"
@@ -29,6 +30,8 @@ SCENARIO_JSON = "scenario_json"
 ROUND = "round"
 CLIENT_IDS = "client_ids"
 CLIENT_SEEDS = "client_seeds"
+ROUND_CONFIG_JSON = "round_config_json"
+UPDATE_NORMS = "update_norms"
 
 WEIGHT_SUM = "weight_sum"
 NUM_EXAMPLES = "num_examples"
@@ -46,23 +49,38 @@ class TrainRequest:
     round: int
     params: dict[str, torch.Tensor]
     tasks: tuple[ClientTask, ...]
+    round_config: Mapping[str, Any] = field(default_factory=dict)
+    """The strategy's per-round settings for every client (``RoundPlan.config``, e.g. this round's clip)."""
 
     @property
     def train_config(self) -> TrainConfig:
-        return train_config(self.scenario)
+        return train_config(self.scenario, self.round_config)
 
 
-def train_config(scenario: Any) -> TrainConfig:
-    """The client training settings of a scenario (a :class:`Scenario` or its JSON dict)."""
-    client = (
-        scenario["client"] if isinstance(scenario, Mapping) else scenario.model_dump(mode="json")["client"]
-    )
+def train_config(scenario: Any, round_config: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The client training settings of a scenario (a :class:`Scenario` or its JSON dict).
+
+    With client-level privacy, clients clip their updates; the bound is ``round_config["clip"]`` when the
+    strategy sets one (adaptive clipping), else ``privacy.clip``.
+    """
+    sc = scenario if isinstance(scenario, Mapping) else scenario.model_dump(mode="json")
+    client = sc["client"]
     opt = dict(client["optimizer"])
+    privacy = sc.get("privacy")
+    clip = None
+    if privacy and privacy["level"] == "client":
+        clip = ClientClip(
+            max_norm=float((round_config or {}).get("clip", privacy["clip"])),
+            mode=clip_mode(privacy["per_layer"]),
+            layer_split=str(privacy["layer_split"]),
+            normalize_layers=bool(privacy["normalize_layers"]),
+        )
     return TrainConfig(
         epochs=int(client["epochs"]),
         batch_size=int(client["batch_size"]),
         optimizer=str(opt.pop("name")),
         optimizer_args=opt,
+        clip=clip,
     )
 
 
@@ -92,6 +110,7 @@ def encode_train_request(
     round: int,
     params: Mapping[str, torch.Tensor],
     tasks: Sequence[ClientTask],
+    round_config: Mapping[str, Any] | None = None,
 ) -> RecordDict:
     """Server side: one worker's round of work as a RecordDict."""
     config = ConfigRecord(
@@ -100,6 +119,7 @@ def encode_train_request(
             ROUND: int(round),
             CLIENT_IDS: [int(t.cid) for t in tasks],
             CLIENT_SEEDS: [int(t.seed) for t in tasks],
+            ROUND_CONFIG_JSON: json.dumps(dict(round_config or {}), sort_keys=True),
         }
     )
     return RecordDict({PARAMS: ArrayRecord({k: v.detach().cpu() for k, v in params.items()}), CONFIG: config})
@@ -115,6 +135,7 @@ def decode_train_request(content: RecordDict) -> TrainRequest:
         round=int(cfg[ROUND]),  # type: ignore[arg-type]
         params=dict(content.array_records[PARAMS].to_torch_state_dict()),
         tasks=tuple(ClientTask(cid=c, seed=s) for c, s in zip(ids, seeds, strict=True)),
+        round_config=json.loads(str(cfg.get(ROUND_CONFIG_JSON, "{}"))),
     )
 
 
@@ -128,6 +149,7 @@ def encode_train_reply(result: WorkerResult) -> RecordDict:
             TRAIN_LOSS: [float(x) for x in result.train_loss],
             FAILED: [int(c) for c in result.failed],
             TRAIN_SECONDS: float(result.train_s),
+            UPDATE_NORMS: [float(x) for x in result.update_norms],
         }
     )
     return RecordDict({DELTA_SUM: ArrayRecord(dict(result.weighted_delta_sum)), STATS: stats})
@@ -144,4 +166,5 @@ def decode_train_reply(content: RecordDict) -> WorkerResult:
         train_loss=[float(x) for x in stats[TRAIN_LOSS]],  # type: ignore[union-attr]
         failed=[int(c) for c in stats[FAILED]],  # type: ignore[union-attr]
         train_s=float(stats.get(TRAIN_SECONDS, 0.0)),  # type: ignore[arg-type]
+        update_norms=[float(x) for x in stats.get(UPDATE_NORMS, [])],  # type: ignore[union-attr]
     )

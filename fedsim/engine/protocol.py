@@ -13,6 +13,21 @@ import torch
 
 
 @dataclass(frozen=True)
+class ClientClip:
+    """Client-level DP on the worker: how each client's update θ_i − θ is clipped before it is summed.
+
+    ``mode``: ``global`` (one L2 bound over the whole update; also ``adaptive``, whose bound the server moves each
+    round), ``independent`` (a bound per layer, split by ``layer_split``), ``uniform`` / ``dimension`` (Pelikan et
+    al.'s rule). With clipping on, every client weighs 1 in the sum (the server divides by the expected cohort).
+    """
+
+    max_norm: float
+    mode: str = "global"
+    layer_split: str = "uniform"
+    normalize_layers: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How every client of a round trains locally (from the scenario's ``client`` block)."""
 
@@ -22,6 +37,8 @@ class TrainConfig:
     optimizer_args: Mapping[str, Any] = field(default_factory=dict)
     memory_budget_bytes: int | None = None
     """How much the vectorised trainer may stack at once on this worker (None: no limit)."""
+    clip: ClientClip | None = None
+    """Client-level DP clipping of each client's update (None: no clipping, example-weighted sum)."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +53,9 @@ class ClientTask:
 class WorkerResult:
     """A worker's reply for one round: the reduced sum over its clients plus per-client facts.
 
-    ``weighted_delta_sum`` is Σ_i n_i (θ_i − θ) over the clients that succeeded; ``failed`` lists clients whose
-    update was unusable (e.g. non-finite) and were left out.
+    ``weighted_delta_sum`` is Σ_i n_i (θ_i − θ) over the clients that succeeded (with clipping:
+    Σ_i clip(θ_i − θ), every weight 1); ``failed`` lists clients whose update was unusable (e.g. non-finite) and
+    were left out.
     """
 
     weighted_delta_sum: dict[str, torch.Tensor]
@@ -48,3 +66,6 @@ class WorkerResult:
     failed: list[int]
     train_s: float = 0.0
     """Wall seconds the worker spent training (the rest of a round trip is dispatch and transport)."""
+    update_norms: list[float] = field(default_factory=list)
+    """With clipping: each kept client's update norm before clipping, in ``client_ids`` order (for the clipping
+    statistics of the privacy report and the adaptive clipping count)."""

@@ -30,10 +30,19 @@ from fedsim.engine.messages import (
 )
 from fedsim.engine.profiles import DeviceProfiles
 from fedsim.engine.protocol import ClientTask, WorkerResult
-from fedsim.engine.setup import CLIENT_SEED_TAG, DEVICE_TAG, SAMPLING_TAG, build_data, build_initial_model
+from fedsim.engine.setup import (
+    CLIENT_SEED_TAG,
+    DEVICE_TAG,
+    SAMPLING_TAG,
+    build_data,
+    build_initial_model,
+    noise_generator,
+)
 from fedsim.errors import EngineError
+from fedsim.privacy.plan import PrivacyPlan, Spend, plan_and_spend
 from fedsim.scenario import Scenario
 from strategies import ReducedUpdates, Strategy, build_strategy
+from strategies.dp import client_level_dp
 
 
 class Recorder(Protocol):
@@ -136,6 +145,7 @@ def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.T
         weighted_delta_sum=total,
         weight_sum=sum(r.weight_sum for r in results),
         num_clients=sum(len(r.client_ids) for r in results),
+        update_norms=tuple(x for r in results for x in r.update_norms),
     )
 
 
@@ -157,8 +167,10 @@ class Engine:
         *,
         expected_workers: int | None,
         on_round: Callable[[Mapping[str, Any]], None] | None = None,
+        privacy: tuple[PrivacyPlan, Spend] | None = None,
     ) -> None:
         self.scenario = scenario
+        self.privacy = privacy
         self.recorder = recorder
         self.expected_workers = expected_workers
         self.on_round = on_round or (lambda row: None)
@@ -174,6 +186,9 @@ class Engine:
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model_bytes = sum(v.numel() * v.element_size() for v in params.values())
         strategy: Strategy = build_strategy(sc.strategy)
+        if sc.privacy is not None:
+            dp_plan, dp_spent = self.privacy or plan_and_spend(sc)
+            strategy = client_level_dp(strategy, dp_plan, dp_spent, noise_generator(sc))
         state = strategy.init(params)
         profiles = DeviceProfiles.sample(
             sc.population.devices, sc.population.clients, np.random.default_rng([sc.seed, DEVICE_TAG])
@@ -190,7 +205,7 @@ class Engine:
             plan = strategy.configure_round(state, round=rnd, available=online, rng=rng)
             fails = rng.random(len(plan.client_ids)) < profiles.failure
             started = [c for c, f in zip(plan.client_ids, fails, strict=True) if not f]
-            results, lost, round_trip = self._train_round(grid, nodes, rnd, params, started)
+            results, lost, round_trip = self._train_round(grid, nodes, rnd, params, started, plan.config)
             t_replies = time.monotonic()
             reduced = reduce_replies(results, params)
             agg = strategy.aggregate(state, params, reduced)
@@ -283,6 +298,7 @@ class Engine:
         rnd: int,
         params: Mapping[str, torch.Tensor],
         clients: Sequence[int],
+        round_config: Mapping[str, Any],
     ) -> tuple[list[WorkerResult], list[int], float]:
         """Send one message per worker with clients this round; return replies, clients lost to timeout, and
         the seconds from sending to the last reply."""
@@ -291,7 +307,9 @@ class Engine:
             if not cids:
                 continue
             tasks = [ClientTask(cid=c, seed=client_seed(self.scenario.seed, rnd, c)) for c in cids]
-            content = encode_train_request(scenario=self.scenario_dict, round=rnd, params=params, tasks=tasks)
+            content = encode_train_request(
+                scenario=self.scenario_dict, round=rnd, params=params, tasks=tasks, round_config=round_config
+            )
             messages.append(Message(content=content, message_type=MESSAGE_TYPE_TRAIN, dst_node_id=node))
         if not messages:
             return [], [], 0.0

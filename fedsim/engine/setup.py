@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import nn
 
 from fedsim.data import FederatedData, load_federated_data
 from fedsim.engine.data_cache import cached
+from fedsim.gradcore.dp import secure_generator, seeded_generator
 from fedsim.models import build_model
 from fedsim.scenario import Scenario
 
@@ -14,6 +17,7 @@ MODEL_INIT_TAG = 1
 SAMPLING_TAG = 2
 CLIENT_SEED_TAG = 3
 DEVICE_TAG = 4
+NOISE_TAG = 5
 
 
 def build_data(scenario: Scenario) -> FederatedData:
@@ -46,3 +50,14 @@ def build_initial_model(scenario: Scenario, data: FederatedData) -> nn.Module:
         num_classes=data.num_classes,
         seed=seed,
     )
+
+
+def noise_generator(scenario: Scenario) -> torch.Generator:
+    """The DP noise's randomness: seeded by the OS CSPRNG, unless ``privacy.insecure_seed`` asks for the scenario
+    seed (reproducible, and then every report says the run is not private)."""
+    if scenario.privacy is not None and scenario.privacy.insecure_seed:
+        seed = int(
+            np.random.SeedSequence([scenario.seed, NOISE_TAG]).generate_state(1, dtype=np.uint64)[0] >> 1
+        )
+        return seeded_generator(seed)
+    return secure_generator()

@@ -88,8 +88,12 @@ def simulate(
     recorder: Recorder,
     *,
     on_round: Callable[[Mapping[str, Any]], None] | None = None,
+    privacy: Any = None,
 ) -> RunSummary:
-    """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary."""
+    """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary.
+
+    ``privacy``: the scenario's resolved ``(PrivacyPlan, Spend)`` when the caller already has it (saves a
+    second calibration)."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -106,7 +110,7 @@ def simulate(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        engine = Engine(scenario, recorder, expected_workers=workers, on_round=on_round)
+        engine = Engine(scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy)
         outcome["summary"] = engine.run(grid)
 
     with quiet_flower():

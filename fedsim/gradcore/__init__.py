@@ -23,6 +23,15 @@ from fedsim.gradcore.base import (
 )
 from fedsim.gradcore.clipping import clip_by_global_norm, global_norm
 from fedsim.gradcore.compose import repeat, reset_every
+from fedsim.gradcore.dp import (
+    add_gaussian_noise,
+    clip_fraction_and_norms,
+    clip_layers_independent,
+    clip_layers_pelikan,
+    normalize_layers,
+    secure_generator,
+    seeded_generator,
+)
 from fedsim.gradcore.layers import clip_per_layer, scale_by_trust_ratio, tensor_norm
 from fedsim.gradcore.momentum import TraceState, trace
 from fedsim.gradcore.partition import masked, param_roles, partition
@@ -49,13 +58,18 @@ __all__ = [
     "TraceState",
     "Updates",
     "add_decayed_weights",
+    "add_gaussian_noise",
     "apply_updates",
     "chain",
     "clip_by_global_norm",
+    "clip_fraction_and_norms",
+    "clip_layers_independent",
+    "clip_layers_pelikan",
     "clip_per_layer",
     "global_norm",
     "identity",
     "masked",
+    "normalize_layers",
     "param_roles",
     "partition",
     "quantized_state",
@@ -67,6 +81,8 @@ __all__ = [
     "scale_by_schedule",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "secure_generator",
+    "seeded_generator",
     "stateless",
     "trace",
     "tensor_norm",

@@ -73,11 +73,8 @@ def _describe(err: Mapping[str, Any]) -> str:
         return f"{field} must be letters, digits, '.', '_' or '-' (it names the results folder).{got}"
     if kind in ("string_type",):
         return f"{field} must be a string.{got}"
-    if kind == "none_required" and loc == ("privacy",):
-        return (
-            "privacy must be null in this version of fedsim: client- and sample-level DP are not "
-            f"implemented yet.{got}"
-        )
+    if kind == "finite_number":
+        return f"{field} must be a finite number.{got}"
     return f"{field}: {err['msg']}.{got}"
 
 

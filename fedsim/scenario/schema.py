@@ -96,6 +96,60 @@ class StrategyConfig(_Frozen):
     server_optimizer: OptimizerSpec = OptimizerSpec(name="sgd", lr=1.0)
 
 
+class PrivacyConfig(_Frozen):
+    """Differential privacy of a run (``shared/specs/privacy.md``); ``privacy: null`` means none.
+
+    ``level: client`` protects a client's whole data (clip each client's update, noise the sum once per round);
+    ``level: sample`` protects one example (DP-SGD on every client). Give ``noise_multiplier`` or
+    ``target_epsilon`` (σ is then calibrated with the first accountant), not both.
+    """
+
+    level: Literal["client", "sample"] = "client"
+    clip: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    per_layer: Literal["independent", "uniform", "dimension", "adaptive"] | None = None
+    layer_split: Literal["uniform", "dimension"] = "uniform"
+    normalize_layers: bool = False
+    noise_multiplier: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    target_epsilon: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    accountants: list[Literal["rdp", "prv", "pld"]] = Field(
+        default_factory=lambda: ["rdp", "prv", "pld"], min_length=1
+    )
+    sampling: Literal["poisson", "fixed_size"] = "poisson"
+    target_quantile: float = Field(default=0.5, gt=0.0, lt=1.0)
+    clip_learning_rate: float = Field(default=0.2, gt=0.0, allow_inf_nan=False)
+    count_noise_multiplier: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    deployed_cohort: int | None = Field(default=None, ge=1)
+    deployed_population: int | None = Field(default=None, ge=1)
+    insecure_seed: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacyConfig:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError(
+                "give noise_multiplier or target_epsilon, not both "
+                f"(got noise_multiplier={self.noise_multiplier}, target_epsilon={self.target_epsilon})"
+            )
+        if (self.deployed_cohort is None) != (self.deployed_population is None):
+            raise ValueError("deployed_cohort and deployed_population must be given together")
+        if self.deployed_cohort is not None and self.deployed_population is not None:
+            if self.deployed_cohort > self.deployed_population:
+                raise ValueError(
+                    "deployed_cohort must be <= deployed_population "
+                    f"(got {self.deployed_cohort} > {self.deployed_population})"
+                )
+        if len(set(self.accountants)) != len(self.accountants):
+            raise ValueError(f"accountants must not repeat a name (got {self.accountants})")
+        return self
+
+    @property
+    def sigma_given(self) -> float | None:
+        """σ as written (None when it is to be calibrated from ``target_epsilon``; 1.0 when neither is given)."""
+        if self.target_epsilon is not None:
+            return None
+        return 1.0 if self.noise_multiplier is None else self.noise_multiplier
+
+
 class EngineConfig(_Frozen):
     workers: int | str = "auto"
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
@@ -139,7 +193,7 @@ class Scenario(_Frozen):
     model: ModelConfig = ModelConfig()
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
-    privacy: None = None
+    privacy: PrivacyConfig | None = None
     engine: EngineConfig = EngineConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
@@ -150,5 +204,11 @@ class Scenario(_Frozen):
         if k > n:
             raise ValueError(
                 f"strategy.clients_per_round must be an integer between 1 and population.clients ({n}). Got {k}"
+            )
+        p = self.privacy
+        if p is not None and p.level == "sample":
+            raise ValueError(
+                "privacy.level must be 'client' in this version (sample-level DP-SGD is not implemented yet). "
+                "Got 'sample'"
             )
         return self

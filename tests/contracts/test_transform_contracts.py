@@ -13,6 +13,7 @@ import torch
 from fedsim import gradcore
 from fedsim.gradcore import GradientTransformation
 from fedsim.gradcore.compose import repeat, reset_every
+from fedsim.gradcore.dp import clip_layers_independent, clip_layers_pelikan, normalize_layers
 from fedsim.gradcore.layers import clip_per_layer, scale_by_trust_ratio
 from fedsim.gradcore.layerwise import norm_growth_limit
 from fedsim.gradcore.normalize import multi_normalize, normalize_axis, whiten_newton_schulz
@@ -37,6 +38,13 @@ TRANSFORMS: dict[str, Callable[[int], GradientTransformation]] = {
     "chain": lambda bd: gradcore.chain(gradcore.clip_by_global_norm(1.0, batch_dims=bd), gradcore.trace(0.5)),
     "scale_by_adam_hat": lambda bd: gradcore.scale_by_adam(eps_mode="hat"),
     "clip_per_layer": lambda bd: clip_per_layer(0.5, batch_dims=bd),
+    "clip_layers_independent_uniform": lambda bd: clip_layers_independent(0.5, batch_dims=bd),
+    "clip_layers_independent_dimension": lambda bd: clip_layers_independent(
+        0.5, rule="dimension", batch_dims=bd
+    ),
+    "clip_layers_pelikan_uniform": lambda bd: clip_layers_pelikan(1.0, batch_dims=bd),
+    "clip_layers_pelikan_dimension": lambda bd: clip_layers_pelikan(1.0, rule="dimension", batch_dims=bd),
+    "normalize_layers": lambda bd: normalize_layers(batch_dims=bd),
     "scale_by_trust_ratio": lambda bd: scale_by_trust_ratio(batch_dims=bd),
     "repeat": lambda bd: repeat(gradcore.clip_by_global_norm(1.0, batch_dims=bd), 2),
     "reset_every": lambda bd: reset_every(gradcore.scale_by_adam(), 3),

@@ -81,7 +81,7 @@ BAD = [
     ),
     ("name: a/b\n", "name must be letters, digits"),
     ("rounds: 3\n", "name is required."),
-    ("name: x\nprivacy: {level: client}\n", "privacy must be null in this version"),
+    ("name: x\nprivacy: {level: sample}\n", "privacy.level must be 'client' in this version"),
     (
         "name: x\nstrategy: {name: fedavgg}\n",
         "strategy.name must be one of fedadam, fedavg, fedavgm, fedyogi. Got 'fedavgg'.",
@@ -95,7 +95,10 @@ BAD = [
         "name: x\nclient: {optimizer: {name: sgd, lrr: 1}}\n",
         "client.optimizer.lrr must be one of the arguments",
     ),
-    ("name: x\nclient: {optimizer: {name: sgdd}}\n", "client.optimizer.name must be one of adam, adam8bit, adamw, agvm_sgd"),
+    (
+        "name: x\nclient: {optimizer: {name: sgdd}}\n",
+        "client.optimizer.name must be one of adam, adam8bit, adamw, agvm_sgd",
+    ),
     ("name: x\nstrategy: {server_optimizer: {name: adam, lr: 0}}\n", "strategy.server_optimizer.lr must be"),
     ("name: x\ndata: {dataset: cifar}\n", "data.dataset must be one of"),
     ("name: x\ndata: {partitioner: random}\n", "data.partitioner must be one of"),

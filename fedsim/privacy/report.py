@@ -1,0 +1,284 @@
+"""The privacy report: ``privacy.json``, ``privacy.md`` and ``plots/privacy_epsilon.png``.
+
+Why this module exists: one of fedsim's three jobs is a DP accounting report for every scenario. ``fedsim privacy``
+writes it from the scenario alone (what the mechanism will spend), and ``fedsim run`` writes it again at the end of
+a DP run, adding the clipping statistics it measured. The statement in words follows the spirit of TF-Privacy's
+``compute_dp_sgd_privacy_statement``: what is protected, under which adjacency, every parameter, ε by each
+accountant, and the caveats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim.privacy.accounting import describe_sampling
+from fedsim.privacy.plan import PrivacyPlan, Spend, spend
+
+NOT_PRIVATE = "NOT PRIVATE: insecure seed"
+
+ACCOUNTANT_NAMES = {
+    "rdp": "RDP (Rényi DP, opacus RDPAccountant or dp_accounting RdpAccountant)",
+    "prv": "PRV (privacy random variables, opacus PRVAccountant, upper bound)",
+    "pld": "PLD (privacy loss distributions, dp_accounting PLDAccountant)",
+}
+
+
+def measured_clipping(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Clipping statistics of a DP run from its metrics rows (None when there are none).
+
+    Averaged over rounds: fraction of updates clipped, quantiles of update norms before clipping, the
+    signal-to-noise ratio ‖Σ clipped‖ / (σC√d), and the last clip bound (it moves with adaptive clipping).
+    """
+    dp = [r for r in rows if r.get("dp_clip") is not None]
+    if not dp:
+        return None
+
+    def mean(key: str) -> float | None:
+        vals = [float(r[key]) for r in dp if r.get(key) is not None and math.isfinite(float(r[key]))]
+        return float(np.mean(vals)) if vals else None
+
+    out = {
+        "rounds": len(dp),
+        "clipped_fraction": mean("dp_clipped_fraction"),
+        "norm_p10": mean("dp_norm_p10"),
+        "norm_p50": mean("dp_norm_p50"),
+        "norm_p90": mean("dp_norm_p90"),
+        "signal_to_noise": mean("dp_signal_to_noise"),
+        "clients_per_round": mean("dp_clients"),
+        "final_clip": float(dp[-1]["dp_clip"]),
+        "noise_std_on_mean": mean("dp_noise_std_on_mean"),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def privacy_record(
+    plan: PrivacyPlan,
+    spent: Spend,
+    *,
+    source: str,
+    measured: Mapping[str, float] | None = None,
+    rounds_run: int | None = None,
+) -> dict[str, Any]:
+    """The ``privacy.json`` content (the spec's keys and a few more)."""
+    cfg, mech = plan.config, plan.mechanism
+    record: dict[str, Any] = {
+        "level": cfg.level,
+        "mechanism": "gaussian",
+        "clip": cfg.clip,
+        "per_layer": cfg.per_layer,
+        "normalize_layers": cfg.normalize_layers,
+        "noise_multiplier": mech.noise_multiplier,
+        "sample_rate": mech.sample_rate,
+        "sampling": mech.sampling,
+        "cohort": plan.cohort,
+        "population": plan.population,
+        "rounds": mech.steps,
+        "delta": cfg.delta,
+        "epsilon": dict(spent.epsilon),
+        "epsilon_rounds": list(spent.rounds_at),
+        "epsilon_per_round": {k: list(v) for k, v in spent.curve.items()},
+        "calibrated": plan.calibrated,
+        "target_epsilon": cfg.target_epsilon,
+        "insecure_seed": cfg.insecure_seed,
+        "extrapolated": None,
+        "source": source,
+    }
+    if rounds_run is not None:
+        record["rounds_run"] = rounds_run
+    if plan.extrapolated is not None:
+        ex = plan.extrapolated
+        ex_spent = spend(ex.mechanism, cfg.delta, plan.accountants, max_points=2)
+        record["extrapolated"] = {
+            "cohort": ex.cohort,
+            "population": ex.population,
+            "noise_multiplier": ex.mechanism.noise_multiplier,
+            "sample_rate": ex.mechanism.sample_rate,
+            "epsilon": dict(ex_spent.epsilon),
+        }
+    if measured is not None:
+        record["measured_clipping"] = dict(measured)
+    return record
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
+    """``privacy.md``: the guarantee in words, parameters, ε per accountant, caveats, measured clipping."""
+    cfg = plan.config
+    eps = record["epsilon"]
+    lines = []
+    if record["insecure_seed"]:
+        lines += [
+            f"# {NOT_PRIVATE}",
+            "",
+            "The noise was drawn from the scenario seed (`privacy.insecure_seed: "
+            "true`): anyone with the scenario can subtract it. The numbers below describe the mechanism, "
+            "not a guarantee this run gives.",
+            "",
+        ]
+    lines += [
+        "# Privacy report",
+        "",
+        f"Source: {'the scenario alone, before training' if record['source'] == 'scenario' else 'this run'}.",
+        "",
+        "## Statement",
+        "",
+        (
+            f"Client-level DP-FedAvg with the Gaussian mechanism: each client's whole update is clipped to L2 norm "
+            f"{_fmt(cfg.clip)} ({_clip_words(cfg)}), the sum over the cohort gets Gaussian noise of standard "
+            f"deviation {_fmt(record['noise_multiplier'])} × clip once per round, and the server divides by the "
+            f"expected cohort size {record['cohort']}. Over {record['rounds']} rounds with "
+            f"{describe_sampling(plan.mechanism)}, the training run is "
+            f"({_fmt(max(eps.values()))}, {record['delta']:g})-differentially private with respect to adding or "
+            f"removing all of one client's data (by the most conservative of the accountants below)."
+        ),
+        "",
+        "| accountant | ε | δ |",
+        "|---|---|---|",
+        *[f"| {ACCOUNTANT_NAMES[a]} | {_fmt(v)} | {record['delta']:g} |" for a, v in eps.items()],
+        "",
+        "## Parameters",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        f"| level | {record['level']} (a client's whole data is the unit protected) |",
+        f"| clip C | {_fmt(cfg.clip)} ({_clip_words(cfg)}) |",
+        f"| noise multiplier σ | {_fmt(record['noise_multiplier'])}"
+        + (
+            f" (calibrated for target ε = {cfg.target_epsilon:g} with {plan.accountants[0]})"
+            if plan.calibrated
+            else ""
+        )
+        + " |",
+        f"| sample rate q | {_fmt(record['sample_rate'])} = {record['cohort']} / {record['population']} |",
+        f"| sampling | {record['sampling']} |",
+        f"| rounds (composed invocations) | {record['rounds']} |",
+        f"| δ | {record['delta']:g} |",
+        "",
+    ]
+    ex = record.get("extrapolated")
+    if ex:
+        lines += [
+            "## Extrapolation to the deployed setting",
+            "",
+            (
+                f"Accounted as deployed with a cohort of {ex['cohort']} of {ex['population']} clients "
+                f"(q' = {_fmt(ex['sample_rate'])}), keeping the noise on the mean fixed: σ' = σ·s'/s = "
+                f"{_fmt(ex['noise_multiplier'])}. Deployed ε: "
+                + ", ".join(f"{a} {_fmt(v)}" for a, v in ex["epsilon"].items())
+                + ". This is the guarantee the deployed system would give; the simulation itself, with its smaller "
+                "cohort, has the ε in the statement above (it is not the deployed guarantee)."
+            ),
+            "",
+        ]
+    lines += ["## Caveats", ""]
+    lines += [f"- {c}" for c in caveats(record, plan)]
+    m = record.get("measured_clipping")
+    if m:
+        lines += [
+            "",
+            "## Measured clipping (this run)",
+            "",
+            "Simulation diagnostics, not privatised: a deployment would not release them.",
+            "",
+            "| statistic | value |",
+            "|---|---|",
+            *[f"| {k} | {_fmt(float(v))} |" for k, v in m.items()],
+        ]
+    lines += ["", "![ε per round](plots/privacy_epsilon.png)", ""]
+    return "\n".join(lines)
+
+
+def _clip_words(cfg: Any) -> str:
+    words = {
+        None: "one bound on the whole update",
+        "independent": f"each layer bounded by its {cfg.layer_split} share of C",
+        "uniform": "Pelikan et al.'s rule: over the bound, every layer set to norm C/√L",
+        "dimension": "Pelikan et al.'s rule: over the bound, every layer set to norm C·√(d_l/d)",
+        "adaptive": "adaptive: C follows the target quantile "
+        f"{cfg.target_quantile:g} of update norms, starting at the value given",
+    }[cfg.per_layer]
+    return words + ("; each layer first normalised to unit norm" if cfg.normalize_layers else "")
+
+
+def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
+    """The assumptions a reader must know to trust the numbers."""
+    out = []
+    if record["insecure_seed"]:
+        out.append(f"{NOT_PRIVATE}: the noise came from the scenario seed.")
+    else:
+        out.append(
+            "Noise drawn from torch's generator seeded by the operating system's CSPRNG: the seed cannot be "
+            "guessed, but the stream itself is not a cryptographic generator and floating-point Gaussian sampling "
+            "is not hardened against the attacks of Mironov (CCS 2012); a deployment should use a CSPRNG-backed "
+            "sampler."
+        )
+    if record["sampling"] == "poisson":
+        out.append(
+            "Poisson sampling: the engine drew every round's cohort by including each available client "
+            "independently with probability q, as the accountants assume; the cohort size varies around its "
+            "expectation, and the server divides by the expected size."
+        )
+    else:
+        out.append(
+            "Fixed-size cohorts drawn without replacement, accounted with replace-one adjacency (one client's data "
+            "replaced: the sum moves by up to 2C, so σ/2 per unit of sensitivity) by dp_accounting's "
+            "SampledWithoutReplacementDpEvent; its bound (Wang et al. 2019) is conservative, often far above the "
+            "Poisson figure."
+        )
+    out.append(
+        "Client availability and failures below 100% only remove clients after sampling; ε is computed for the "
+        "full rate q, an upper bound when availability is independent of the data."
+    )
+    out.append(
+        "Cohort selection in simulation uses the scenario seed; amplification by sampling assumes the server keeps "
+        "the cohort secret."
+    )
+    if plan.config.per_layer == "adaptive":
+        out.append(
+            "Adaptive clipping: the count of unclipped clients is released with its own noise; the update noise is "
+            "reduced so the pair costs what σ alone costs (Andrew et al., Theorem 1)."
+        )
+    return out
+
+
+def plot_epsilon(record: Mapping[str, Any], path: Path) -> Path:
+    """ε spent after each round, one line per accountant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for (acc, curve), style in zip(record["epsilon_per_round"].items(), ("-", "--", ":"), strict=False):
+        ax.plot(record["epsilon_rounds"], curve, linestyle=style, linewidth=2, label=acc)
+    title = f"ε spent (δ = {record['delta']:g})"
+    if record["insecure_seed"]:
+        title += f" — {NOT_PRIVATE}"
+    ax.set(xlabel="round", ylabel="ε", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_privacy_report(folder: Path, record: Mapping[str, Any], plan: PrivacyPlan) -> list[Path]:
+    """Write ``privacy.json``, ``privacy.md`` and ``plots/privacy_epsilon.png`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    js = folder / "privacy.json"
+    js.write_text(json.dumps(record, indent=2, allow_nan=False, default=float) + "\n", encoding="utf-8")
+    md = folder / "privacy.md"
+    md.write_text(statement(record, plan), encoding="utf-8")
+    png = plot_epsilon(record, folder / "plots" / "privacy_epsilon.png")
+    return [js, md, png]
