@@ -16,16 +16,21 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_fedsim_run_three_rounds_through_flower_and_ray(tmp_path):
+def fedsim_run(scenario: str, output: Path) -> str:
+    """``fedsim run`` in a subprocess; returns its last line (the summary), after checking it succeeded."""
     out = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "tests/e2e/small.yaml", "--output", str(tmp_path)],
+        [sys.executable, "-m", "fedsim.cli", "run", scenario, "--output", str(output)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    last = out.stdout.strip().splitlines()[-1]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_fedsim_run_three_rounds_through_flower_and_ray(tmp_path):
+    last = fedsim_run("tests/e2e/small.yaml", tmp_path)
     assert "test_accuracy=" in last and "results=" in last
     run_dir = Path(last.split("results=")[1])
     assert run_dir.parent == tmp_path / "e2e-small"
@@ -39,15 +44,7 @@ def test_fedsim_run_three_rounds_through_flower_and_ray(tmp_path):
 
 
 def test_fedsim_run_of_a_dp_scenario_writes_what_it_spent(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "tests/e2e/small-dp.yaml", "--output", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    last = out.stdout.strip().splitlines()[-1]
+    last = fedsim_run("tests/e2e/small-dp.yaml", tmp_path)
     assert "epsilon_rdp=" in last and "epsilon_pld=" in last
     run_dir = Path(last.split("results=")[1])
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

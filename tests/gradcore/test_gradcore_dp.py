@@ -19,7 +19,7 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import example, given, settings
-from hypothesis.extra.numpy import arrays
+from update_strategies import ZEROS, ZEROS_BATCHED, updates
 
 from fedsim.gradcore import (
     add_gaussian_noise,
@@ -138,24 +138,6 @@ def test_pelikan_keeps_a_zero_layer_zero_and_the_total_below_c():
 # --------------------------------------------------------------------------------------------------------------
 # Laws for every input (hypothesis)
 # --------------------------------------------------------------------------------------------------------------
-
-_finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32)
-
-
-@st.composite
-def updates(draw, batch: int = 0) -> dict[str, torch.Tensor]:
-    """1-3 named float32 tensors of small random shapes (``batch`` shared leading axes), zeros likely."""
-    lead = tuple(draw(st.integers(1, 3)) for _ in range(batch))
-    out = {}
-    for i in range(draw(st.integers(1, 3))):
-        shape = lead + tuple(draw(st.lists(st.integers(1, 4), max_size=2)))
-        elems = st.one_of(st.just(0.0), _finite)
-        out[f"t{i}"] = torch.from_numpy(draw(arrays("float32", shape, elements=elems)).copy())
-    return out
-
-
-ZEROS = {"t0": torch.zeros(3, 2), "t1": torch.zeros(2)}
-ZEROS_BATCHED = {"t0": torch.zeros(2, 3), "t1": torch.zeros(2)}
 
 
 @pytest.mark.parametrize("mode", sorted(CLIPS))
