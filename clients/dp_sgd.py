@@ -1,0 +1,209 @@
+"""Sample-level DP (DP-SGD) for client training: per-example gradients, Opacus' clip-sum-noise-scale, and a reference.
+
+Why this module exists: the privacy spec's sample-level DP clips every example's gradient to C and adds N(0, σ²C²)
+per step "as Opacus does", on two paths: the sequential one through Opacus, the vectorised one through
+``torch.func``. This module holds the vectorised parts — :func:`per_sample_grads` (``vmap(grad)`` over the examples
+and, with ``batch_dims=1``, over a stacked ``[K, ...]`` cohort) and :func:`privatize` (Opacus' ``DPOptimizer``
+aggregation written out: its clip factor, its noise draws, its mean scaling) — and :func:`opacus_private_grads`,
+Opacus itself on one batch, so the two are tested against each other.
+
+Matching Opacus 1.6 (``opacus/optimizers/optimizer.py``), step by step:
+
+* clip: per-example norm = L2 norm of the per-tensor L2 norms, factor ``(C / (norm + 1e-6)).clamp(max=1)``
+  (``clip_and_accumulate``), so a zero gradient stays zero and a gradient at norm C is scaled by ``C/(C+1e-6)``;
+* sum: ``einsum`` of factors and per-example gradients over the example axis (masked examples get factor 0);
+* noise: ``torch.normal(mean=0, std=σC, size=<tensor shape>, generator=g, dtype=<tensor dtype>)``, one draw per
+  tensor in the mapping's order (``_generate_noise`` with ``secure_mode=False``; nothing drawn when σC = 0);
+* scale: divide by ``expected_batch_size`` (``scale_grad`` for ``loss_reduction="mean"``, one accumulated batch).
+
+With a CPU generator and CPU tensors, a seed gives the same noise as Opacus for the same parameter order (the
+order of ``model.named_parameters()``). Noise is drawn on the CPU and moved to the gradients' device, so CUDA
+gradients take the same values as CPU ones (Opacus itself would draw on the device with a device generator).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Mapping
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(outputs, targets) -> scalar``, mean-reduced over a batch (a batch of one: the example's loss)."""
+
+CLIP_EPS = 1e-6
+"""Opacus' stabiliser in the clip factor ``C / (‖g‖ + 1e-6)`` (``DPOptimizer.clip_and_accumulate``)."""
+
+
+def _check_batch_dims(batch_dims: int) -> None:
+    if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
+        raise ValueError(f"batch_dims must be 0 or 1. Got {batch_dims!r}.")
+
+
+def per_sample_grads(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    *,
+    batch_dims: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Every example's gradient of its own loss: ``[B, *shape]`` per tensor (``[K, B, *shape]`` with a cohort).
+
+    Each example is run as a batch of one through ``functional_call(model, params, ...)`` under
+    ``vmap(grad(...))`` over the batch axis; with ``batch_dims=1`` a second ``vmap`` maps clients: ``params``
+    stacked ``[K, *shape]``, ``x`` ``[K, B, ...]``, ``y`` ``[K, B]``. These are the ``grad_sample`` tensors Opacus'
+    ``GradSampleModule`` computes for a mean-reduced loss. The model's buffers are read, not mapped (models with
+    BatchNorm are not per-example and Opacus rejects them too).
+
+    Raises:
+        ValueError: if ``batch_dims`` is not 0 or 1.
+
+    References:
+        Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, arXiv 1607.00133 (per-example
+        gradients of DP-SGD); Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch",
+        2021, arXiv 2109.12298.
+    """
+    _check_batch_dims(batch_dims)
+
+    def example_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return loss_fn(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    fn = vmap(grad(example_loss), in_dims=(None, 0, 0))
+    if batch_dims == 1:
+        fn = vmap(fn, in_dims=(0, 0, 0))
+    return fn({name: p.detach() for name, p in params.items()}, x, y)
+
+
+def privatize(
+    grads: Mapping[str, torch.Tensor],
+    *,
+    mask: torch.Tensor | None,
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float,
+    generator: torch.Generator,
+    batch_dims: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Opacus' DP-SGD aggregate of per-example gradients: clip to C, sum, add N(0, σ²C²), divide by the batch size.
+
+    ``grads`` are per-example gradients ``[B, *shape]`` (``[K, B, *shape]`` with ``batch_dims=1``: every client is
+    clipped and summed on its own). ``mask`` (``[B]`` or ``[K, B]``, nonzero = real example) drops padding rows;
+    masked rows must still be finite. Noise: for each tensor in ``grads``' order, one
+    ``torch.normal(0, σC, size=<summed shape>, generator=generator)`` draw on the CPU — ``[*shape]``, or the whole
+    ``[K, *shape]`` with a cohort, so a one-client stack draws exactly what the unstacked call draws. The result
+    is ``(Σ_i clip(g_i) + noise) / expected_batch_size`` in the gradients' dtype; see the module docstring for
+    how each step follows Opacus' ``DPOptimizer``.
+
+    Raises:
+        ValueError: if ``max_norm`` or ``expected_batch_size`` is not positive and finite, ``noise_multiplier``
+            is not finite and >= 0, ``generator`` is not a CPU ``torch.Generator``, ``batch_dims`` is not 0 or 1,
+            ``grads`` is empty, or a tensor's or the mask's leading axes disagree.
+
+    References:
+        Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, arXiv 1607.00133; Yousefpour et al.,
+        "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021, arXiv 2109.12298
+        (``DPOptimizer.clip_and_accumulate`` / ``add_noise`` / ``scale_grad``).
+    """
+    problems = []
+    for name, value, low_ok in (
+        ("max_norm", max_norm, False),
+        ("expected_batch_size", expected_batch_size, False),
+        ("noise_multiplier", noise_multiplier, True),
+    ):
+        v = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        if not (0.0 <= v < math.inf if low_ok else 0.0 < v < math.inf):
+            bound = "a finite number >= 0" if low_ok else "a positive finite number"
+            problems.append(f"{name} must be {bound}. Got {value!r}.")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        problems.append(f"generator must be a CPU torch.Generator. Got {generator!r}.")
+    if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
+        problems.append(f"batch_dims must be 0 or 1. Got {batch_dims!r}.")
+    if not grads:
+        problems.append("grads must hold at least one tensor. Got an empty mapping.")
+    if problems:
+        raise ValueError(" ".join(problems))
+
+    lead = next(iter(grads.values())).shape[: batch_dims + 1]  # client axes + the example axis
+    for name, g in grads.items():
+        if g.shape[: batch_dims + 1] != lead:
+            raise ValueError(
+                f"tensor {name!r} must have leading axes {tuple(lead)}. Got shape {tuple(g.shape)}."
+            )
+    if mask is not None and mask.shape != lead:
+        raise ValueError(f"mask must have shape {tuple(lead)}. Got {tuple(mask.shape)}.")
+
+    # Opacus: per-tensor norms over each example's elements, then the norm of those norms.
+    per_tensor = [g.reshape(*lead, -1).norm(2, dim=-1) for g in grads.values()]
+    norms = torch.stack(per_tensor, dim=-1).norm(2, dim=-1)
+    factor = (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+    if mask is not None:
+        factor = torch.where(mask.to(factor.device) != 0, factor, torch.zeros_like(factor))
+
+    std = float(noise_multiplier) * float(max_norm)
+    out = {}
+    for name, g in grads.items():
+        f = factor.to(device=g.device, dtype=g.dtype)
+        if batch_dims == 0:
+            summed = torch.einsum("i,i...", f, g)  # Opacus' contraction, verbatim
+        else:
+            summed = torch.einsum("ki,kid->kd", f, g.reshape(*lead, -1)).reshape(lead[:1] + g.shape[2:])
+        if std > 0.0:  # Opacus' _generate_noise draws nothing for std == 0
+            noise = torch.normal(mean=0, std=std, size=summed.shape, generator=generator, dtype=summed.dtype)
+            summed = summed + noise.to(summed.device)
+        out[name] = summed / expected_batch_size
+    return out
+
+
+def opacus_private_grads(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float,
+    generator: torch.Generator,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+) -> dict[str, torch.Tensor]:
+    """The reference: the privatised gradient Opacus' ``DPOptimizer`` would apply for one batch, by parameter name.
+
+    A deep copy of ``model`` (the caller's module gets no hooks and no ``.grad``) is wrapped in
+    ``GradSampleModule(loss_reduction="mean")``; its ``SGD`` is wrapped in ``DPOptimizer(loss_reduction="mean",
+    generator=generator, secure_mode=False)``; one forward/backward of ``loss_fn(model(x), y)`` and
+    ``optimizer.pre_step()`` (clip, accumulate, noise, scale) leave the result in ``p.grad``, which is returned
+    before any weight update (no ``step``: reading ``p.grad`` is exact, while a ``θ - lr·g`` difference would round).
+    The ``PrivacyEngine`` is not used: it would only add the Poisson data loader and the accountant, and for one
+    given batch these two objects are what it builds.
+
+    References:
+        Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021,
+        arXiv 2109.12298.
+    """
+    module = copy.deepcopy(model)
+    gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean")
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = DPOptimizer(
+        torch.optim.SGD(params, lr=1.0),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_norm,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+        generator=generator,
+        secure_mode=False,
+    )
+    optimizer.zero_grad()
+    with warnings.catch_warnings():  # inputs never require grad here; the hook still sees every layer
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        loss_fn(gsm(x), y).backward()
+    optimizer.pre_step()
+    out = {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+    gsm.remove_hooks()
+    return out
