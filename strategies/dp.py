@@ -170,6 +170,22 @@ def signal_to_noise(clipped_sum: Mapping[str, torch.Tensor], noise_std: float) -
     return float(global_norm(clipped_sum)) / (noise_std * d**0.5)
 
 
+def epsilon_every_round(spent: Spend) -> dict[int, dict[str, float]]:
+    """ε so far for every round 1..T from a curve computed at some rounds (at most ~100 per run).
+
+    Between two computed rounds a round gets the next computed value: ε only grows with rounds, so that is an
+    upper bound on what was spent (exact at the computed rounds, which include every round when T <= 100).
+    """
+    out: dict[int, dict[str, float]] = {}
+    prev = 0
+    for i, r in enumerate(spent.rounds_at):
+        point = {acc: float(spent.curve[acc][i]) for acc in spent.curve}
+        for k in range(prev + 1, r + 1):
+            out[k] = point
+        prev = r
+    return out
+
+
 def client_level_dp(inner: Any, plan: PrivacyPlan, spent: Spend, generator: torch.Generator) -> ClientLevelDP:
     """Wrap ``inner`` (a FedAvg-family strategy) in client-level DP as ``plan`` resolved it from the scenario.
 
@@ -183,7 +199,7 @@ def client_level_dp(inner: Any, plan: PrivacyPlan, spent: Spend, generator: torc
             inner,
         )
     cfg = plan.config
-    epsilon_at = {r: {acc: spent.curve[acc][i] for acc in spent.curve} for i, r in enumerate(spent.rounds_at)}
+    epsilon_at = epsilon_every_round(spent)
     dp = ClientLevelDP(
         inner=inner,
         population=plan.population,

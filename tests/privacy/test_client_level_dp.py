@@ -148,3 +148,19 @@ def test_no_clipping_without_privacy_keeps_example_weights():
     acc = CohortAccumulator(theta)
     acc.add(0, {"w": torch.ones(2) * 10}, num_examples=3, mean_loss=0.0)
     torch.testing.assert_close(acc.finish().weighted_delta_sum["w"], torch.full((2,), 30.0))
+
+
+def test_every_round_gets_an_upper_bound_on_epsilon_so_far():
+    from fedsim.privacy.accounting import Mechanism, epsilon
+    from fedsim.privacy.plan import spend
+    from strategies.dp import epsilon_every_round
+
+    mech = Mechanism(noise_multiplier=1.0, sample_rate=0.05, steps=250)
+    spent = spend(mech, 1e-5, ("rdp",), max_points=10)
+    per_round = epsilon_every_round(spent)
+    assert sorted(per_round) == list(range(1, 251))
+    for r in (1, 7, 25, 26, 133, 250):
+        exact = epsilon("rdp", Mechanism(1.0, 0.05, r), 1e-5)
+        assert per_round[r]["rdp"] >= exact - 1e-9
+        if r in spent.rounds_at:
+            assert per_round[r]["rdp"] == pytest.approx(exact, rel=1e-9)
