@@ -8,6 +8,7 @@ import torch
 
 from fedsim.engine.protocol import ClientClip, WorkerResult
 from fedsim.gradcore import global_norm
+from fedsim.gradcore.dp import normalize_layers
 from fedsim.privacy.client_level import update_clipper
 
 
@@ -30,18 +31,15 @@ class CohortAccumulator:
         self._clippers: dict[int, tuple] = {}
 
     def _clipped(self, deltas: dict[str, torch.Tensor], batch_dims: int) -> tuple[dict, torch.Tensor]:
-        """The clipped updates and their norms before clipping (per client when ``batch_dims`` is 1)."""
+        """The clipped updates and the norms the clip saw (per client when ``batch_dims`` is 1): the update's
+        norm, or with ``normalize_layers`` the norm after each layer was normalised."""
         assert self.clip is not None
+        c = self.clip
+        if c.normalize_layers:
+            deltas, _ = normalize_layers(batch_dims=batch_dims).update(deltas, None)
         norms = global_norm(deltas, batch_dims=batch_dims)
         if batch_dims not in self._clippers:
-            c = self.clip
-            clipper = update_clipper(
-                c.max_norm,
-                c.mode,
-                layer_split=c.layer_split,
-                normalize=c.normalize_layers,
-                batch_dims=batch_dims,
-            )
+            clipper = update_clipper(c.max_norm, c.mode, layer_split=c.layer_split, batch_dims=batch_dims)
             self._clippers[batch_dims] = (clipper, clipper.init(deltas))  # stateless: the state never changes
         clipper, state = self._clippers[batch_dims]
         clipped, _ = clipper.update(deltas, state)

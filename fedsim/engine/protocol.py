@@ -67,5 +67,5 @@ class WorkerResult:
     train_s: float = 0.0
     """Wall seconds the worker spent training (the rest of a round trip is dispatch and transport)."""
     update_norms: list[float] = field(default_factory=list)
-    """With clipping: each kept client's update norm before clipping, in ``client_ids`` order (for the clipping
-    statistics of the privacy report and the adaptive clipping count)."""
+    """With clipping: the norm the clip saw for each kept client (its update's, or after layer normalisation), in
+    ``client_ids`` order (for the clipping statistics of the privacy report and the adaptive clipping count)."""

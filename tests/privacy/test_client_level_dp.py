@@ -134,7 +134,10 @@ def test_worker_clipping_is_the_same_on_both_paths_and_bounded(mode, normalize):
     for k in theta:
         torch.testing.assert_close(a.weighted_delta_sum[k], b.weighted_delta_sum[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.update_norms, b.update_norms, rtol=1e-6)
-    want_norms = [float(global_norm({k: n[k] - theta[k] for k in theta})) for n in news]
+    # the norms the clip saw: the update's, or after layer normalisation √(number of layers) = √2
+    want_norms = [
+        math.sqrt(2) if normalize else float(global_norm({k: n[k] - theta[k] for k in theta})) for n in news
+    ]
     np.testing.assert_allclose(a.update_norms, want_norms, rtol=1e-6)
     assert a.weight_sum == 33  # examples are still counted; the sum itself is unweighted:
     # with one client, the sum is that client's clipped update, norm <= C
