@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedsim import __version__
 from fedsim.errors import ConfigError, FedsimError
+
+if TYPE_CHECKING:
+    from fedsim.scenario import Scenario
 
 app = typer.Typer(
     name="fedsim",
@@ -46,6 +49,19 @@ def _root(
     """Federated learning and differential-privacy simulation on Flower + Ray."""
 
 
+def with_overrides(sc: Scenario, source: str, *, rounds: int | None = None, no_privacy: bool = False) -> Scenario:
+    """The scenario with the command line's overrides applied (validated again, errors naming the option)."""
+    from fedsim.scenario import parse_scenario
+
+    data = sc.model_dump(mode="json")
+    options = []
+    if rounds is not None:
+        data["rounds"], options = rounds, [*options, "--rounds"]
+    if no_privacy:
+        data["privacy"], data["name"], options = None, f"{sc.name}-no-privacy", [*options, "--no-privacy"]
+    return parse_scenario(data, source=f"{source} ({' '.join(options)})") if options else sc
+
+
 @app.command()
 def run(
     scenario: ScenarioArg,
@@ -54,6 +70,14 @@ def run(
         typer.Option("--output", "-o", help="Results root folder (default: the scenario's output.dir)."),
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="Override the scenario's number of rounds.")] = None,
+    no_privacy: Annotated[
+        bool,
+        typer.Option(
+            "--no-privacy",
+            help="Drop the scenario's privacy block: the non-private baseline of a DP scenario "
+            "(results under <name>-no-privacy).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress display; only the summary line.")
     ] = False,
@@ -62,11 +86,9 @@ def run(
 
     Prints a live progress bar, then one summary line with test_accuracy= and the results folder.
     """
-    from fedsim.scenario import load_scenario, parse_scenario
+    from fedsim.scenario import load_scenario
 
-    sc = load_scenario(scenario)
-    if rounds is not None:
-        sc = parse_scenario({**sc.model_dump(mode="json"), "rounds": rounds}, source=f"{scenario} (--rounds)")
+    sc = with_overrides(load_scenario(scenario), str(scenario), rounds=rounds, no_privacy=no_privacy)
     from fedsim.run import run_scenario
 
     try:

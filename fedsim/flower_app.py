@@ -46,12 +46,13 @@ def main(grid: Grid, context: Context) -> None:
     out = context.run_config.get("output-dir") or scenario.output.dir
     path = new_run_dir(scenario, root=str(out))
     run_dir = RunDir(path, scenario)
+    engine = Engine(scenario, run_dir, expected_workers=None)
     try:
-        summary = Engine(scenario, run_dir, expected_workers=None).run(grid)
+        summary = engine.run(grid)
     finally:
         run_dir.close()
-        if run_dir.rows:
-            write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0)
+        if run_dir.rows:  # the engine's resolved DP plan, so the report does not calibrate σ again
+            write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0, privacy=engine.privacy)
     acc = summary.last_row.get("test_accuracy")
     print(
         f"fedsim: done: rounds={summary.rounds} test_accuracy={acc:.4f} results={path.resolve()}", flush=True

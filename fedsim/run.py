@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsim.engine.server import RunSummary
 from fedsim.errors import ConfigError
-from fedsim.privacy.plan import plan_and_spend
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
@@ -102,7 +101,11 @@ def run_scenario(
 
     check_registered_names(scenario)
     check_machine(scenario)
-    privacy = plan_and_spend(scenario) if scenario.privacy is not None else None  # bad settings fail here
+    privacy = None
+    if scenario.privacy is not None:  # bad privacy settings fail here, before anything starts
+        from fedsim.privacy.plan import plan_and_spend
+
+        privacy = plan_and_spend(scenario)
     t0 = time.monotonic()
     path = new_run_dir(scenario, root=output_root)
     run_dir = RunDir(path, scenario)

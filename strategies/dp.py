@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,9 +29,11 @@ from fedsim.errors import ConfigError
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import add_gaussian_noise
 from fedsim.privacy.client_level import adaptive_noise_split, next_adaptive_clip
-from fedsim.privacy.plan import PrivacyPlan, Spend
 from strategies.base import AggregateResult, Params, ReducedUpdates, RoundPlan
 from strategies.fedavg import FedAvg, sample_clients
+
+if TYPE_CHECKING:
+    from fedsim.privacy.plan import PrivacyPlan, Spend
 
 
 class DPState(NamedTuple):
@@ -59,8 +61,8 @@ class ClientLevelDP:
         population: N, the number of logical clients.
         noise_multiplier: σ of the whole mechanism (with adaptive clipping, split between update and count).
         clip: the initial (or fixed) L2 bound C on each client's update.
-        sampling: ``poisson`` or ``fixed_size``.
         generator: the noise's randomness (the caller seeds it: CSPRNG, or the scenario seed when insecure).
+        sampling: ``poisson`` or ``fixed_size``.
         adaptive: clip follows a quantile (then ``target_quantile``, ``clip_lr``, ``count_noise`` apply).
         epsilon_at: ε spent after a round, per accountant, for the rounds it is known ({round: {acc: ε}}).
     """
@@ -69,8 +71,8 @@ class ClientLevelDP:
     population: int
     noise_multiplier: float
     clip: float
+    generator: torch.Generator
     sampling: str = "poisson"
-    generator: torch.Generator = field(default_factory=torch.Generator)
     adaptive: bool = False
     target_quantile: float = 0.5
     clip_lr: float = 0.2

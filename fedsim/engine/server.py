@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,10 +39,11 @@ from fedsim.engine.setup import (
     noise_generator,
 )
 from fedsim.errors import EngineError
-from fedsim.privacy.plan import PrivacyPlan, Spend, plan_and_spend
 from fedsim.scenario import Scenario
 from strategies import ReducedUpdates, Strategy, build_strategy
-from strategies.dp import client_level_dp
+
+if TYPE_CHECKING:
+    from fedsim.privacy.plan import PrivacyPlan, Spend
 
 
 class Recorder(Protocol):
@@ -169,6 +170,8 @@ class Engine:
         on_round: Callable[[Mapping[str, Any]], None] | None = None,
         privacy: tuple[PrivacyPlan, Spend] | None = None,
     ) -> None:
+        """``privacy``: the scenario's resolved DP plan and spend when the caller has them; for a DP scenario
+        without them the engine resolves them and keeps them in ``self.privacy`` (for the report)."""
         self.scenario = scenario
         self.privacy = privacy
         self.recorder = recorder
@@ -186,9 +189,12 @@ class Engine:
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model_bytes = sum(v.numel() * v.element_size() for v in params.values())
         strategy: Strategy = build_strategy(sc.strategy)
-        if sc.privacy is not None:
-            dp_plan, dp_spent = self.privacy or plan_and_spend(sc)
-            strategy = client_level_dp(strategy, dp_plan, dp_spent, noise_generator(sc))
+        if sc.privacy is not None:  # imported here: the accountants cost seconds of start-up to import
+            from fedsim.privacy.plan import plan_and_spend
+            from strategies.dp import client_level_dp
+
+            self.privacy = self.privacy or plan_and_spend(sc)
+            strategy = client_level_dp(strategy, *self.privacy, noise_generator(sc))
         state = strategy.init(params)
         profiles = DeviceProfiles.sample(
             sc.population.devices, sc.population.clients, np.random.default_rng([sc.seed, DEVICE_TAG])

@@ -25,7 +25,6 @@ from fedsim.gradcore.clipping import clip_by_global_norm, global_norm
 from fedsim.gradcore.compose import repeat, reset_every
 from fedsim.gradcore.dp import (
     add_gaussian_noise,
-    clip_fraction_and_norms,
     clip_layers_independent,
     clip_layers_pelikan,
     normalize_layers,
@@ -62,7 +61,6 @@ __all__ = [
     "apply_updates",
     "chain",
     "clip_by_global_norm",
-    "clip_fraction_and_norms",
     "clip_layers_independent",
     "clip_layers_pelikan",
     "clip_per_layer",

@@ -231,24 +231,3 @@ def seeded_generator(seed: int) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64). Got {seed!r}.")
     return torch.Generator().manual_seed(seed)
-
-
-def clip_fraction_and_norms(
-    updates: Updates, max_norm: float, *, batch_dims: int = 1
-) -> tuple[float, torch.Tensor]:
-    """Clipping statistics of a cohort: the fraction of clients with ``‖Δ_i‖ > max_norm`` and their norms.
-
-    Returns:
-        ``(fraction, norms)``: the fraction as a float (clients the global clip scales down), and every client's
-        pre-clip global L2 norm as a 1-D float64 tensor (the client axes flattened; length 1 for ``batch_dims=0``).
-
-    Raises:
-        ValueError: if ``max_norm`` is not a positive finite number or ``updates`` is empty.
-    """
-    max_norm = _positive_finite("max_norm", max_norm)
-    _check_layout(None, batch_dims)
-    if not updates:
-        raise ValueError("clip_fraction_and_norms needs at least one tensor. Got an empty mapping.")
-    norms = _total(_layer_norms(updates, batch_dims)).reshape(-1)
-    fraction = float((norms > max_norm).double().mean()) if norms.numel() else 0.0
-    return fraction, norms

@@ -19,7 +19,7 @@ import math
 from fedsim import gradcore
 from fedsim.errors import ConfigError
 from fedsim.gradcore import GradientTransformation
-from fedsim.gradcore.dp import clip_layers_independent, clip_layers_pelikan, normalize_layers
+from fedsim.gradcore.dp import clip_layers_independent, clip_layers_pelikan
 
 CLIP_MODES = ("global", "adaptive", "independent", "uniform", "dimension")
 
@@ -30,30 +30,22 @@ def clip_mode(per_layer: str | None) -> str:
 
 
 def update_clipper(
-    max_norm: float,
-    mode: str,
-    *,
-    layer_split: str = "uniform",
-    normalize: bool = False,
-    batch_dims: int = 0,
+    max_norm: float, mode: str, *, layer_split: str = "uniform", batch_dims: int = 0
 ) -> GradientTransformation:
-    """Layer normalisation (optional) then the clipping of ``mode``; every mode leaves a total norm <= max_norm.
+    """The clipping of ``mode``; every mode leaves a total norm <= max_norm.
 
     ``global`` and ``adaptive`` clip the whole update to ``max_norm`` (adaptive moves ``max_norm`` between rounds);
     ``independent`` bounds each layer by its share of ``max_norm`` (``layer_split``); ``uniform`` and
-    ``dimension`` are Pelikan et al.'s rule.
+    ``dimension`` are Pelikan et al.'s rule. ``normalize_layers`` (when on) runs before this, on the worker, so
+    the clipping statistics see the norms the clip sees.
     """
     if mode in ("global", "adaptive"):
-        clip = gradcore.clip_by_global_norm(max_norm, batch_dims=batch_dims)
-    elif mode == "independent":
-        clip = clip_layers_independent(max_norm, rule=layer_split, batch_dims=batch_dims)
-    elif mode in ("uniform", "dimension"):
-        clip = clip_layers_pelikan(max_norm, rule=mode, batch_dims=batch_dims)
-    else:
-        raise ValueError(f"clipping mode must be one of {', '.join(CLIP_MODES)}. Got {mode!r}.")
-    if normalize:
-        return gradcore.chain(normalize_layers(batch_dims=batch_dims), clip)
-    return clip
+        return gradcore.clip_by_global_norm(max_norm, batch_dims=batch_dims)
+    if mode == "independent":
+        return clip_layers_independent(max_norm, rule=layer_split, batch_dims=batch_dims)
+    if mode in ("uniform", "dimension"):
+        return clip_layers_pelikan(max_norm, rule=mode, batch_dims=batch_dims)
+    raise ValueError(f"clipping mode must be one of {', '.join(CLIP_MODES)}. Got {mode!r}.")
 
 
 def adaptive_noise_split(noise_multiplier: float, count_noise_multiplier: float) -> float:

@@ -9,7 +9,7 @@ and per round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fedsim.errors import ConfigError
 from fedsim.privacy.accounting import (
@@ -46,7 +46,11 @@ class PrivacyPlan:
     population: int
     calibrated: bool
     extrapolated: Extrapolation | None = None
-    accountants: tuple[str, ...] = field(default=())
+
+    @property
+    def accountants(self) -> tuple[str, ...]:
+        """The accountants to report, in the scenario's order (the first one calibrates)."""
+        return tuple(self.config.accountants)
 
     @property
     def noise_multiplier(self) -> float:
@@ -117,7 +121,6 @@ def plan_from_scenario(scenario: Scenario) -> PrivacyPlan:
         population=population,
         calibrated=calibrated,
         extrapolated=extra,
-        accountants=accountants,
     )
     return plan
 

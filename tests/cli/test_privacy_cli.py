@@ -107,3 +107,15 @@ def test_bad_privacy_settings_are_one_line_exit_2(tmp_path, privacy, expected):
 def test_privacy_of_a_scenario_without_privacy_says_so(tmp_path):
     out = fedsim("privacy", "scenarios/quickstart.yaml", "-o", str(tmp_path / "r"))
     assert out.returncode == 2 and "privacy must be set in the scenario" in out.stderr
+
+
+def test_no_privacy_gives_the_non_private_baseline_of_a_dp_scenario():
+    from fedsim.cli import with_overrides
+    from fedsim.scenario import load_scenario
+
+    sc = load_scenario(ROOT / "scenarios" / "dp-fedavg.yaml")
+    base = with_overrides(sc, "dp-fedavg.yaml", no_privacy=True)
+    assert base.privacy is None and base.name == "dp-fedavg-no-privacy"
+    assert base.model_dump(exclude={"privacy", "name"}) == sc.model_dump(exclude={"privacy", "name"})
+    assert with_overrides(sc, "dp-fedavg.yaml") is sc
+    assert "--no-privacy" in fedsim("run", "--help").stdout

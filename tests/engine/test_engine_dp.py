@@ -84,7 +84,9 @@ def test_both_cohort_trainers_clip_each_client_the_same(mode):
     vec = train_cohort_vectorized(model, theta, tasks, data, cfg)
     assert seq.client_ids == vec.client_ids and len(seq.update_norms) == len(SIZES)
     assert max(seq.update_norms) > 0.05  # the bound bites
-    torch.testing.assert_close(torch.tensor(vec.update_norms), torch.tensor(seq.update_norms), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(vec.update_norms), torch.tensor(seq.update_norms), rtol=1e-4, atol=0
+    )
     for k in theta:
         torch.testing.assert_close(vec.weighted_delta_sum[k], seq.weighted_delta_sum[k], rtol=1e-4, atol=1e-6)
     total = torch.sqrt(sum((v.double() ** 2).sum() for v in seq.weighted_delta_sum.values()))

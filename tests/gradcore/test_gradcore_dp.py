@@ -25,10 +25,8 @@ from fedsim.gradcore import (
     add_gaussian_noise,
     chain,
     clip_by_global_norm,
-    clip_fraction_and_norms,
     clip_layers_independent,
     clip_layers_pelikan,
-    global_norm,
     normalize_layers,
     secure_generator,
     seeded_generator,
@@ -316,21 +314,8 @@ def test_secure_generators_differ():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Clipping statistics and validation
+# Validation
 # --------------------------------------------------------------------------------------------------------------
-
-
-def test_clip_fraction_and_norms():
-    grads = {
-        "a": torch.stack([t(0.3, 0.4), t(0.6, 0.8), t(3, 4)]),
-        "b": torch.zeros(3, 2, dtype=torch.float64),
-    }
-    fraction, norms = clip_fraction_and_norms(grads, 1.0)
-    assert norms.dtype == torch.float64 and norms.shape == (3,)
-    torch.testing.assert_close(norms, global_norm(grads, batch_dims=1))  # oracle: the core's global norm
-    assert fraction == pytest.approx(1 / 3)  # only ||Δ|| = 5 exceeds C = 1; ||Δ|| = C is not clipped
-    fraction, norms = clip_fraction_and_norms({"a": t(3, 4)}, 1.0, batch_dims=0)
-    assert fraction == 1.0 and norms.shape == (1,)
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, "x", None])
@@ -338,8 +323,6 @@ def test_bad_max_norm_is_rejected(bad):
     for make in (clip_layers_independent, clip_layers_pelikan):
         with pytest.raises(ValueError, match="max_norm must be a positive finite number"):
             make(bad)
-    with pytest.raises(ValueError, match="max_norm"):
-        clip_fraction_and_norms({"a": t(1.0)}, bad)
 
 
 def test_bad_rule_stddev_generator_seed_are_rejected():
