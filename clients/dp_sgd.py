@@ -26,13 +26,17 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedsim.gradcore.dp import secure_generator, seeded_generator
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(outputs, targets) -> scalar``, mean-reduced over a batch (a batch of one: the example's loss)."""
@@ -54,13 +58,15 @@ def per_sample_grads(
     loss_fn: LossFn = nn.functional.cross_entropy,
     *,
     batch_dims: int = 0,
-) -> dict[str, torch.Tensor]:
+    return_losses: bool = False,
+) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every example's gradient of its own loss: ``[B, *shape]`` per tensor (``[K, B, *shape]`` with a cohort).
 
     Each example is run as a batch of one through ``functional_call(model, params, ...)`` under
     ``vmap(grad(...))`` over the batch axis; with ``batch_dims=1`` a second ``vmap`` maps clients: ``params``
     stacked ``[K, *shape]``, ``x`` ``[K, B, ...]``, ``y`` ``[K, B]``. These are the ``grad_sample`` tensors Opacus'
-    ``GradSampleModule`` computes for a mean-reduced loss. The model's buffers are read, not mapped (models with
+    ``GradSampleModule`` computes for a mean-reduced loss. ``return_losses``: also every example's loss
+    (``[B]`` or ``[K, B]``), from the same forward pass. The model's buffers are read, not mapped (models with
     BatchNorm are not per-example and Opacus rejects them too).
 
     Raises:
@@ -76,10 +82,21 @@ def per_sample_grads(
     def example_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
 
-    fn = vmap(grad(example_loss), in_dims=(None, 0, 0))
+    fn = vmap(grad_and_value(example_loss), in_dims=(None, 0, 0))
     if batch_dims == 1:
         fn = vmap(fn, in_dims=(0, 0, 0))
-    return fn({name: p.detach() for name, p in params.items()}, x, y)
+    grads, losses = fn({name: p.detach() for name, p in params.items()}, x, y)
+    return (grads, losses) if return_losses else grads
+
+
+class PrivateGrads(NamedTuple):
+    """:func:`dp_sgd_aggregate`'s result: the privatised gradients and every example's norm before clipping."""
+
+    grads: dict[str, torch.Tensor]
+    norms: torch.Tensor
+    """``[B]`` (``[K, B]`` with a cohort); padding rows included (mask them out)."""
+    clipped_sum_norm: torch.Tensor
+    """‖Σ_i clip(g_i)‖ before the noise: a scalar, or ``[K]`` with a cohort (the signal of the signal-to-noise)."""
 
 
 def privatize(
@@ -88,49 +105,123 @@ def privatize(
     mask: torch.Tensor | None,
     max_norm: float,
     noise_multiplier: float,
-    expected_batch_size: float,
-    generator: torch.Generator,
+    expected_batch_size: float | torch.Tensor,
+    generator: torch.Generator | Sequence[torch.Generator],
     batch_dims: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Opacus' DP-SGD aggregate of per-example gradients: clip to C, sum, add N(0, σ²C²), divide by the batch size.
 
     ``grads`` are per-example gradients ``[B, *shape]`` (``[K, B, *shape]`` with ``batch_dims=1``: every client is
     clipped and summed on its own). ``mask`` (``[B]`` or ``[K, B]``, nonzero = real example) drops padding rows;
-    masked rows must still be finite. Noise: for each tensor in ``grads``' order, one
-    ``torch.normal(0, σC, size=<summed shape>, generator=generator)`` draw on the CPU — ``[*shape]``, or the whole
-    ``[K, *shape]`` with a cohort, so a one-client stack draws exactly what the unstacked call draws. The result
-    is ``(Σ_i clip(g_i) + noise) / expected_batch_size`` in the gradients' dtype; see the module docstring for
-    how each step follows Opacus' ``DPOptimizer``.
+    masked rows must still be finite. Noise: for each tensor in ``grads``' order, ``torch.normal(0, σC,
+    generator=...)`` draws on the CPU — with one generator, of the summed shape (``[*shape]``, or the whole
+    ``[K, *shape]`` with a cohort, so a one-client stack draws exactly what the unstacked call draws); with one
+    generator per client (a sequence of K), client k's ``[*shape]`` from its own generator, so each client gets
+    exactly the noise Opacus would draw for it alone. ``expected_batch_size`` is one number or, with a cohort, a
+    ``[K]`` tensor. The result is ``(Σ_i clip(g_i) + noise) / expected_batch_size`` in the gradients' dtype; see
+    the module docstring for how each step follows Opacus' ``DPOptimizer``.
 
     Raises:
         ValueError: if ``max_norm`` or ``expected_batch_size`` is not positive and finite, ``noise_multiplier``
-            is not finite and >= 0, ``generator`` is not a CPU ``torch.Generator``, ``batch_dims`` is not 0 or 1,
-            ``grads`` is empty, or a tensor's or the mask's leading axes disagree.
+            is not finite and >= 0, a generator is not a CPU ``torch.Generator`` (or a sequence of them is not
+            one per client), ``batch_dims`` is not 0 or 1, ``grads`` is empty, or a tensor's or the mask's
+            leading axes disagree.
 
     References:
         Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, arXiv 1607.00133; Yousefpour et al.,
         "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021, arXiv 2109.12298
         (``DPOptimizer.clip_and_accumulate`` / ``add_noise`` / ``scale_grad``).
     """
+    return dp_sgd_aggregate(
+        grads,
+        mask=mask,
+        max_norm=max_norm,
+        noise_multiplier=noise_multiplier,
+        expected_batch_size=expected_batch_size,
+        generator=generator,
+        batch_dims=batch_dims,
+    ).grads
+
+
+BATCH_SAMPLING_TAG, NOISE_TAG = 1, 2
+"""Tags of a client's two DP-SGD random streams derived from its task seed (insecure mode only)."""
+
+
+def client_dp_generators(seed: int, *, secure: bool) -> tuple[torch.Generator, torch.Generator]:
+    """A client's (batch sampling, noise) CPU generators for one round of DP-SGD.
+
+    ``secure``: both seeded by the OS CSPRNG (the batches, which amplification assumes secret, and the noise);
+    else both derived from the task seed, so a run is reproducible and two paths can be compared draw for draw.
+    """
+    if secure:
+        return secure_generator(), secure_generator()
+    sampling, noise = (
+        seeded_generator(int(np.random.SeedSequence([seed, tag]).generate_state(1, dtype=np.uint64)[0] >> 1))
+        for tag in (BATCH_SAMPLING_TAG, NOISE_TAG)
+    )
+    return sampling, noise
+
+
+def _is_cpu_generator(g: Any) -> bool:
+    return isinstance(g, torch.Generator) and g.device.type == "cpu"
+
+
+def _check_aggregate_args(
+    grads: Mapping[str, torch.Tensor],
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float | torch.Tensor,
+    generator: Any,
+    batch_dims: int,
+) -> None:
     problems = []
-    for name, value, low_ok in (
-        ("max_norm", max_norm, False),
-        ("expected_batch_size", expected_batch_size, False),
-        ("noise_multiplier", noise_multiplier, True),
-    ):
+    per_client_divisor = isinstance(expected_batch_size, torch.Tensor)
+    checks = [("max_norm", max_norm, False), ("noise_multiplier", noise_multiplier, True)]
+    if not per_client_divisor:
+        checks.append(("expected_batch_size", expected_batch_size, False))
+    for name, value, low_ok in checks:
         v = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
         if not (0.0 <= v < math.inf if low_ok else 0.0 < v < math.inf):
             bound = "a finite number >= 0" if low_ok else "a positive finite number"
             problems.append(f"{name} must be {bound}. Got {value!r}.")
-    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+    if per_client_divisor and not bool(
+        (torch.isfinite(expected_batch_size) & (expected_batch_size > 0)).all()
+    ):
+        problems.append(f"expected_batch_size must be positive and finite. Got {expected_batch_size!r}.")
+    per_client_gen = isinstance(generator, Sequence)
+    if per_client_gen:
+        if not all(_is_cpu_generator(g) for g in generator):
+            problems.append("generator must be CPU torch.Generators, one per client.")
+    elif not _is_cpu_generator(generator):
         problems.append(f"generator must be a CPU torch.Generator. Got {generator!r}.")
     if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
         problems.append(f"batch_dims must be 0 or 1. Got {batch_dims!r}.")
+    elif batch_dims == 0 and (per_client_gen or per_client_divisor):
+        problems.append("per-client generators or batch sizes need a cohort (batch_dims=1).")
     if not grads:
         problems.append("grads must hold at least one tensor. Got an empty mapping.")
+    elif not problems and batch_dims == 1:
+        k = next(iter(grads.values())).shape[0]
+        if per_client_gen and len(generator) != k:
+            problems.append(f"generator must be {k} generators (one per client). Got {len(generator)}.")
+        if per_client_divisor and tuple(expected_batch_size.shape) != (k,):
+            problems.append(f"expected_batch_size must have shape ({k},). Got {tuple(expected_batch_size.shape)}.")
     if problems:
         raise ValueError(" ".join(problems))
 
+
+def dp_sgd_aggregate(
+    grads: Mapping[str, torch.Tensor],
+    *,
+    mask: torch.Tensor | None,
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float | torch.Tensor,
+    generator: torch.Generator | Sequence[torch.Generator],
+    batch_dims: int = 0,
+) -> PrivateGrads:
+    """:func:`privatize`, also returning every example's gradient norm before clipping (for diagnostics)."""
+    _check_aggregate_args(grads, max_norm, noise_multiplier, expected_batch_size, generator, batch_dims)
     lead = next(iter(grads.values())).shape[: batch_dims + 1]  # client axes + the example axis
     for name, g in grads.items():
         if g.shape[: batch_dims + 1] != lead:
@@ -149,17 +240,31 @@ def privatize(
 
     std = float(noise_multiplier) * float(max_norm)
     out = {}
+    signal_sq = torch.zeros(lead[:batch_dims], dtype=torch.float64, device=norms.device)
     for name, g in grads.items():
         f = factor.to(device=g.device, dtype=g.dtype)
         if batch_dims == 0:
             summed = torch.einsum("i,i...", f, g)  # Opacus' contraction, verbatim
         else:
             summed = torch.einsum("ki,kid->kd", f, g.reshape(*lead, -1)).reshape(lead[:1] + g.shape[2:])
+        signal_sq += summed.reshape(*lead[:batch_dims], -1).double().pow(2).sum(-1).to(signal_sq.device)
         if std > 0.0:  # Opacus' _generate_noise draws nothing for std == 0
-            noise = torch.normal(mean=0, std=std, size=summed.shape, generator=generator, dtype=summed.dtype)
-            summed = summed + noise.to(summed.device)
-        out[name] = summed / expected_batch_size
-    return out
+            summed = summed + _noise(std, summed, generator).to(summed.device)
+        if isinstance(expected_batch_size, torch.Tensor):
+            divisor = expected_batch_size.to(device=summed.device, dtype=summed.dtype)
+            out[name] = summed / divisor.view(-1, *([1] * (summed.dim() - 1)))
+        else:
+            out[name] = summed / expected_batch_size
+    return PrivateGrads(out, norms, signal_sq.sqrt())
+
+
+def _noise(std: float, like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """Opacus' draw on the CPU: one for the whole tensor, or one per client from the client's own generator."""
+    if isinstance(generator, torch.Generator):
+        return torch.normal(mean=0, std=std, size=like.shape, generator=generator, dtype=like.dtype)
+    return torch.stack(
+        [torch.normal(mean=0, std=std, size=like.shape[1:], generator=g, dtype=like.dtype) for g in generator]
+    )
 
 
 def opacus_private_grads(

@@ -136,7 +136,8 @@ def privacy(
     flag = f" {NOT_PRIVATE}" if record["insecure_seed"] else ""
     typer.echo(
         f"{sc.name}: {eps} delta={plan.config.delta:g} sigma={plan.noise_multiplier:.4g} "
-        f"q={plan.mechanism.sample_rate:.4g} rounds={plan.mechanism.steps}{flag} report={folder}"
+        f"q={plan.mechanism.sample_rate:.4g} rounds={plan.rounds} steps={plan.mechanism.steps}{flag} "
+        f"report={folder}"
     )
 
 

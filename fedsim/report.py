@@ -41,21 +41,19 @@ def write_run_privacy_report(
     finished) with its measured clipping; return the settings line for ``report.md``."""
     if scenario.privacy is None:
         return "privacy: none (this run is not differentially private)"
-    from dataclasses import replace
-
-    from fedsim.privacy.plan import plan_and_spend, spend
+    from fedsim.privacy.plan import plan_and_spend, spend_rounds
     from fedsim.privacy.report import NOT_PRIVATE, measured_clipping, privacy_record, write_privacy_report
 
     plan, spent = privacy or plan_and_spend(scenario)
     done = len(rows)
-    if 0 < done < plan.mechanism.steps:
-        spent = spend(replace(plan.mechanism, steps=done), plan.config.delta, plan.accountants)
+    if 0 < done < plan.rounds:
+        spent = spend_rounds(plan, done)
     record = privacy_record(plan, spent, source="run", measured=measured_clipping(rows), rounds_run=done)
     write_privacy_report(run_dir, record, plan)
     eps = ", ".join(f"{a} {v:.3f}" for a, v in record["epsilon"].items())
     flag = f" **{NOT_PRIVATE}**" if record["insecure_seed"] else ""
     return (
-        f"privacy: client-level DP, ε = {eps} at δ = {plan.config.delta:g} after {done} round(s)"
+        f"privacy: {plan.config.level}-level DP, ε = {eps} at δ = {plan.config.delta:g} after {done} round(s)"
         f"{flag} (see `privacy.md`)"
     )
 

@@ -24,6 +24,10 @@ class RoundPlan:
 
     client_ids: tuple[int, ...]
     config: Mapping[str, Any] = field(default_factory=dict)
+    quorum: int | None = None
+    """Close the round as soon as this many clients' results have arrived (over-selection: aggregate the first
+    K of N); the rest are counted as late. Results come per node message, so with several clients per node (in
+    simulation) the round may keep a few more than K. None: wait for every reply, up to the round deadline."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,15 @@ class ReducedUpdates:
         weight_sum: Σ_i w_i (w_i = the client's number of training examples).
         num_clients: how many clients contributed.
         update_norms: with client-level DP clipping, each contributing client's update norm before clipping.
+        client_stats: per-client diagnostics by name, over the contributing clients (e.g. sample-level DP's
+            fraction of example gradients clipped).
     """
 
     weighted_delta_sum: Mapping[str, torch.Tensor]
     weight_sum: float
     num_clients: int
     update_norms: tuple[float, ...] = ()
+    client_stats: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

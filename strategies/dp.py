@@ -1,4 +1,4 @@
-"""Client-level differential privacy as a wrapper around a model-averaging strategy (DP-FedAvg and DP-FedOpt).
+"""Differential privacy as strategy wrappers: client level (DP-FedAvg and DP-FedOpt) and sample level (DP-SGD).
 
 The workers clip each client's update θ_i − θ (``fedsim.privacy.client_level.update_clipper``, every client
 weighing 1); the wrapper adds Gaussian noise N(0, σ²C²) ONCE to the sum, divides by the expected cohort size s
@@ -7,6 +7,9 @@ inner strategy's server optimizer. The cohort is drawn by Poisson sampling (each
 with q = s/N) or as a fixed-size sample without replacement, as the scenario's ``privacy.sampling`` says, so
 that the accountant's sampling assumption is what the engine did. With ``per_layer: adaptive`` the clip follows
 a target quantile of the update norms (Andrew et al.).
+
+With sample-level DP (``SampleLevelDP``) the clients run DP-SGD themselves; the wrapper only sends σ in every
+round's config and puts ε so far and the clients' clipping diagnostics into the metrics.
 
 Noise comes from a ``torch.Generator`` the wrapper owns: seeded by the OS CSPRNG unless the scenario asks for an
 insecure seed (then reports say the run is not private).
@@ -25,11 +28,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
+from fedsim.engine.protocol import NOISE_MULTIPLIER_KEY
 from fedsim.errors import ConfigError
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import add_gaussian_noise
 from fedsim.privacy.client_level import adaptive_noise_split, next_adaptive_clip
-from strategies.base import AggregateResult, Params, ReducedUpdates, RoundPlan
+from strategies.base import AggregateResult, Params, ReducedUpdates, RoundPlan, Strategy
 from strategies.fedavg import FedAvg, sample_clients
 
 if TYPE_CHECKING:
@@ -218,3 +222,81 @@ def client_level_dp(inner: Any, plan: PrivacyPlan, spent: Spend, generator: torc
     if dp.adaptive:
         dp.update_noise_multiplier  # noqa: B018 - validates the noise split now, before any training
     return dp
+
+
+class SampleDPState(NamedTuple):
+    """The inner strategy's state and the rounds done."""
+
+    inner: Any
+    rounds: int
+
+
+@dataclass
+class SampleLevelDP:
+    """Sample-level DP: clients run DP-SGD (σ travels in the round config); any inner strategy aggregates.
+
+    The inner strategy sees only the clients' DP-SGD results, so whatever it does with them is post-processing.
+    Its example-count weights use each client's dataset size, which sample-level DP treats as public (as Opacus
+    does: it also sets the client's sampling rate and number of steps).
+    """
+
+    inner: Strategy
+    noise_multiplier: float
+    clip: float
+    epsilon_at: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+
+    def init(self, params: Params) -> SampleDPState:
+        return SampleDPState(inner=self.inner.init(params), rounds=0)
+
+    def configure_round(
+        self, state: SampleDPState, *, round: int, available: Sequence[int] | np.ndarray, rng: np.random.Generator
+    ) -> RoundPlan:
+        plan = self.inner.configure_round(state.inner, round=round, available=available, rng=rng)
+        return RoundPlan(plan.client_ids, {**plan.config, NOISE_MULTIPLIER_KEY: float(self.noise_multiplier)})
+
+    def aggregate(self, state: SampleDPState, params: Params, updates: ReducedUpdates) -> AggregateResult:
+        result = self.inner.aggregate(state.inner, params, updates)
+        metrics: dict[str, float] = {
+            **result.metrics,
+            "dp_clip": float(self.clip),
+            "dp_noise_multiplier": float(self.noise_multiplier),
+            "dp_clients": float(updates.num_clients),
+            **example_clipping_stats(updates.client_stats),
+        }
+        for acc, eps in self.epsilon_at.get(state.rounds + 1, {}).items():
+            metrics[f"epsilon_{acc}"] = float(eps)
+        return AggregateResult(
+            params=result.params,
+            state=SampleDPState(inner=result.state, rounds=state.rounds + 1),
+            metrics=metrics,
+        )
+
+
+def example_clipping_stats(client_stats: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Sample-level clipping diagnostics of a round from the clients' own (not privatised, simulation only):
+    the mean fraction of example gradients clipped, quantiles over clients of their median example-gradient
+    norm, and the mean signal-to-noise ratio of their noised sums."""
+    out: dict[str, float] = {}
+
+    def finite(name: str) -> np.ndarray:
+        v = np.asarray(client_stats.get(name, ()), dtype=np.float64)
+        return v[np.isfinite(v)]
+
+    if (clipped := finite("clipped_fraction")).size:
+        out["dp_clipped_fraction"] = float(clipped.mean())
+    if (medians := finite("norm_p50")).size:
+        q = np.quantile(medians, [0.1, 0.5, 0.9])
+        out |= {"dp_norm_p10": float(q[0]), "dp_norm_p50": float(q[1]), "dp_norm_p90": float(q[2])}
+    if (snr := finite("signal_to_noise")).size:
+        out["dp_signal_to_noise"] = float(snr.mean())
+    return out
+
+
+def sample_level_dp(inner: Strategy, plan: PrivacyPlan, spent: Spend) -> SampleLevelDP:
+    """Wrap ``inner`` for sample-level DP as ``plan`` resolved it (σ possibly calibrated)."""
+    return SampleLevelDP(
+        inner=inner,
+        noise_multiplier=plan.noise_multiplier,
+        clip=plan.config.clip,
+        epsilon_at=epsilon_every_round(spent),
+    )

@@ -19,6 +19,7 @@ import pytest
         "fedsim.privacy.plan",
         "fedsim.privacy.report",
         "fedsim.privacy.client_level",
+        "fedsim.privacy.sample_level",
     ],
 )
 def test_core_modules_import_neither_flwr_nor_ray(module):

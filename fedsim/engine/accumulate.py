@@ -46,8 +46,14 @@ class CohortAccumulator:
         return clipped, norms
 
     def add(
-        self, cid: int, new_params: Mapping[str, torch.Tensor], num_examples: int, mean_loss: float
+        self,
+        cid: int,
+        new_params: Mapping[str, torch.Tensor],
+        num_examples: int,
+        mean_loss: float,
+        stats: Mapping[str, float] | None = None,
     ) -> None:
+        """Add one client (``stats``: its diagnostics for ``WorkerResult.client_stats``)."""
         deltas = {k: new_params[k].detach().cpu().double() - self.theta[k].double() for k in self.float_keys}
         if not all(torch.isfinite(d).all() for d in deltas.values()):
             self.result.failed.append(cid)
@@ -59,7 +65,7 @@ class CohortAccumulator:
             weight = 1
         for k, d in deltas.items():
             self.delta_sum[k] += weight * d
-        self._keep(cid, num_examples, mean_loss)
+        self._keep(cid, num_examples, mean_loss, stats or {})
 
     def add_stacked(
         self,
@@ -67,8 +73,10 @@ class CohortAccumulator:
         stacked: Mapping[str, torch.Tensor],
         num_examples: Sequence[int],
         mean_losses: Sequence[float],
+        stats: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
-        """Add K clients whose new parameters are stacked ``[K, ...]`` (on any device)."""
+        """Add K clients whose new parameters are stacked ``[K, ...]`` (on any device); ``stats``: a list of K
+        diagnostics per name."""
         device = next(iter(stacked.values())).device
         deltas = {
             k: stacked[k] - self.theta[k].to(device=device, dtype=stacked[k].dtype) for k in self.float_keys
@@ -91,21 +99,24 @@ class CohortAccumulator:
         for k, d in deltas.items():
             self.delta_sum[k] += torch.tensordot(weights.to(d.dtype), d, dims=1).double().cpu()
         norm_list = norms.tolist() if norms is not None else [None] * len(cids)
-        for cid, good, n, loss, norm in zip(
-            cids, ok.tolist(), num_examples, mean_losses, norm_list, strict=True
+        stats = stats or {}
+        for i, (cid, good, n, loss, norm) in enumerate(
+            zip(cids, ok.tolist(), num_examples, mean_losses, norm_list, strict=True)
         ):
             if good:
-                self._keep(cid, n, loss)
+                self._keep(cid, n, loss, {name: values[i] for name, values in stats.items()})
                 if norm is not None:
                     self.result.update_norms.append(float(norm))
             else:
                 self.result.failed.append(cid)
 
-    def _keep(self, cid: int, num_examples: int, mean_loss: float) -> None:
+    def _keep(self, cid: int, num_examples: int, mean_loss: float, stats: Mapping[str, float]) -> None:
         self.result.weight_sum += num_examples
         self.result.client_ids.append(cid)
         self.result.num_examples.append(num_examples)
         self.result.train_loss.append(mean_loss)
+        for name, value in stats.items():
+            self.result.client_stats.setdefault(name, []).append(float(value))
 
     def finish(self, order: Sequence[int] | None = None) -> WorkerResult:
         """The reply; with ``order`` (client ids), the per-client lists follow it (e.g. the task order)."""
@@ -113,6 +124,8 @@ class CohortAccumulator:
         r.weighted_delta_sum = {k: v.to(self.theta[k].dtype) for k, v in self.delta_sum.items()}
         if order is not None:
             rank = {cid: i for i, cid in enumerate(order)}
+            by_rank = sorted(range(len(r.client_ids)), key=lambda i: rank[r.client_ids[i]])
+            r.client_stats = {name: [v[i] for i in by_rank] for name, v in r.client_stats.items()}
             norms = r.update_norms or [None] * len(r.client_ids)
             kept = sorted(
                 zip(r.client_ids, r.num_examples, r.train_loss, norms, strict=True), key=lambda t: rank[t[0]]

@@ -43,6 +43,9 @@ def train_cohort_sequential(
     """
     device = next(model.parameters()).device
     acc = CohortAccumulator(global_params, cfg.clip)
+    if cfg.sample_dp is not None:
+        _train_dp_sequential(model, global_params, tasks, data, cfg, acc)
+        return acc.finish()
     for task in tasks:
         model.load_state_dict(global_params, strict=True)
         x, y = (t.to(device) for t in data.client_data(task.cid))
@@ -59,6 +62,42 @@ def train_cohort_sequential(
         if local.num_examples:
             acc.add(task.cid, model.state_dict(), local.num_examples, local.mean_loss)
     return acc.finish()
+
+
+def _train_dp_sequential(
+    model: nn.Module,
+    global_params: Mapping[str, torch.Tensor],
+    tasks: Sequence[ClientTask],
+    data: FederatedData,
+    cfg: TrainConfig,
+    acc: CohortAccumulator,
+) -> None:
+    """Sample-level DP: each client's DP-SGD through Opacus (``clients.local_dp_sgd``), folded into ``acc``."""
+    from clients.dp_sgd import client_dp_generators  # opacus: imported by DP runs only
+    from clients.local_dp_sgd import train_local_dp
+
+    dp = cfg.sample_dp
+    assert dp is not None
+    device = next(model.parameters()).device
+    for task in tasks:
+        model.load_state_dict(global_params, strict=True)
+        x, y = (t.to(device) for t in data.client_data(task.cid))
+        sampling, noise = client_dp_generators(task.seed, secure=dp.secure)
+        local = train_local_dp(
+            model,
+            x,
+            y,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            optimizer_args=cfg.optimizer_args,
+            max_norm=dp.max_norm,
+            noise_multiplier=dp.noise_multiplier,
+            sample_generator=sampling,
+            noise_generator=noise,
+        )
+        if local.num_examples:
+            acc.add(task.cid, model.state_dict(), local.num_examples, local.mean_loss, local.stats)
 
 
 def select_cohort_trainer(vectorize: str, model: nn.Module, cfg: TrainConfig) -> CohortTrainer:

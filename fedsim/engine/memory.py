@@ -67,17 +67,26 @@ def activation_bytes_per_example(model: nn.Module, input_shape: tuple[int, ...])
 
 
 def client_footprint_bytes(
-    model: nn.Module, batch_size: int, input_shape: tuple[int, ...], *, optimizer_slots: float
+    model: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, ...],
+    *,
+    optimizer_slots: float,
+    per_example_grads: bool = False,
 ) -> int:
     """Estimated bytes one stacked client costs the vectorised trainer.
 
     Parameters × (weights, gradients, updated weights, the update, the weighted delta at the end, and the
-    optimizer's slots), plus activations and their gradients for one mini-batch, plus the batch itself.
+    optimizer's slots), plus activations and their gradients for one mini-batch, plus the batch itself. With
+    ``per_example_grads`` (DP-SGD) also a gradient per example of a Poisson batch, counted as 2·B (its size
+    varies around B; padded to the largest in the chunk).
     """
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     act = activation_bytes_per_example(model, input_shape)
     example = math.prod(input_shape) * 4 + 8
-    return int(param_bytes * (5 + optimizer_slots)) + batch_size * (2 * act + example)
+    batch = 2 * batch_size if per_example_grads else batch_size
+    extra = batch * param_bytes if per_example_grads else 0
+    return int(param_bytes * (5 + optimizer_slots)) + batch * (2 * act + example) + extra
 
 
 def chunk_size(per_client_bytes: int, budget_bytes: int | None) -> int:

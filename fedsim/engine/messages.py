@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsim.engine.protocol import ClientClip, ClientTask, TrainConfig, WorkerResult
+from fedsim.engine.protocol import (
+    NOISE_MULTIPLIER_KEY,
+    ClientClip,
+    ClientTask,
+    SampleDP,
+    TrainConfig,
+    WorkerResult,
+)
 from fedsim.privacy.client_level import clip_mode
 
 MESSAGE_TYPE_TRAIN = "train"
@@ -32,6 +39,7 @@ CLIENT_IDS = "client_ids"
 CLIENT_SEEDS = "client_seeds"
 ROUND_CONFIG_JSON = "round_config_json"
 UPDATE_NORMS = "update_norms"
+CLIENT_STAT_PREFIX = "client_stat."
 
 WEIGHT_SUM = "weight_sum"
 NUM_EXAMPLES = "num_examples"
@@ -61,13 +69,25 @@ def train_config(scenario: Any, round_config: Mapping[str, Any] | None = None) -
     """The client training settings of a scenario (a :class:`Scenario` or its JSON dict).
 
     With client-level privacy, clients clip their updates; the bound is ``round_config["clip"]`` when the
-    strategy sets one (adaptive clipping), else ``privacy.clip``.
+    strategy sets one (adaptive clipping), else ``privacy.clip``. With sample-level privacy, clients run DP-SGD
+    with σ from ``round_config["dp_noise_multiplier"]`` (the strategy wrapper always sends it).
+
+    Raises:
+        ValueError: a sample-level DP scenario whose round config lacks σ (a worker must not train without it).
     """
     sc = scenario if isinstance(scenario, Mapping) else scenario.model_dump(mode="json")
     client = sc["client"]
     opt = dict(client["optimizer"])
     privacy = sc.get("privacy")
-    clip = None
+    clip = sample_dp = None
+    if privacy and privacy["level"] == "sample":
+        if NOISE_MULTIPLIER_KEY not in (round_config or {}):
+            raise ValueError(f"sample-level DP needs {NOISE_MULTIPLIER_KEY!r} in the round config; none was sent")
+        sample_dp = SampleDP(
+            max_norm=float(privacy["clip"]),
+            noise_multiplier=float(round_config[NOISE_MULTIPLIER_KEY]),  # type: ignore[index]
+            secure=not bool(privacy["insecure_seed"]),
+        )
     if privacy and privacy["level"] == "client":
         clip = ClientClip(
             max_norm=float((round_config or {}).get("clip", privacy["clip"])),
@@ -81,6 +101,7 @@ def train_config(scenario: Any, round_config: Mapping[str, Any] | None = None) -
         optimizer=str(opt.pop("name")),
         optimizer_args=opt,
         clip=clip,
+        sample_dp=sample_dp,
     )
 
 
@@ -150,6 +171,7 @@ def encode_train_reply(result: WorkerResult) -> RecordDict:
             FAILED: [int(c) for c in result.failed],
             TRAIN_SECONDS: float(result.train_s),
             UPDATE_NORMS: [float(x) for x in result.update_norms],
+            **{CLIENT_STAT_PREFIX + k: [float(x) for x in v] for k, v in result.client_stats.items()},
         }
     )
     return RecordDict({DELTA_SUM: ArrayRecord(dict(result.weighted_delta_sum)), STATS: stats})
@@ -167,4 +189,9 @@ def decode_train_reply(content: RecordDict) -> WorkerResult:
         failed=[int(c) for c in stats[FAILED]],  # type: ignore[union-attr]
         train_s=float(stats.get(TRAIN_SECONDS, 0.0)),  # type: ignore[arg-type]
         update_norms=[float(x) for x in stats.get(UPDATE_NORMS, [])],  # type: ignore[union-attr]
+        client_stats={
+            k.removeprefix(CLIENT_STAT_PREFIX): [float(x) for x in v]  # type: ignore[union-attr]
+            for k, v in stats.items()
+            if k.startswith(CLIENT_STAT_PREFIX)
+        },
     )

@@ -27,6 +27,25 @@ class ClientClip:
     normalize_layers: bool = False
 
 
+NOISE_MULTIPLIER_KEY = "dp_noise_multiplier"
+"""Round-config key: σ of sample-level DP-SGD (the server resolves it, e.g. calibrated for a target ε, and the
+strategy wrapper sends it every round)."""
+
+
+@dataclass(frozen=True)
+class SampleDP:
+    """Sample-level DP on the worker: every client trains with DP-SGD (``clients.dp_sgd``).
+
+    Each example's gradient is clipped to ``max_norm``, the sum gets N(0, σ²C²) noise every step, batches are
+    Poisson samples (``fedsim.privacy.sample_level.LocalSchedule``). ``secure``: the batch sampling and the noise
+    come from generators seeded by the OS CSPRNG; else from the client's task seed (``privacy.insecure_seed``).
+    """
+
+    max_norm: float
+    noise_multiplier: float
+    secure: bool = True
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How every client of a round trains locally (from the scenario's ``client`` block)."""
@@ -39,6 +58,8 @@ class TrainConfig:
     """How much the vectorised trainer may stack at once on this worker (None: no limit)."""
     clip: ClientClip | None = None
     """Client-level DP clipping of each client's update (None: no clipping, example-weighted sum)."""
+    sample_dp: SampleDP | None = None
+    """Sample-level DP: DP-SGD on every client (None: plain local training)."""
 
 
 @dataclass(frozen=True)
@@ -69,3 +90,6 @@ class WorkerResult:
     update_norms: list[float] = field(default_factory=list)
     """With clipping: the norm the clip saw for each kept client (its update's, or after layer normalisation), in
     ``client_ids`` order (for the clipping statistics of the privacy report and the adaptive clipping count)."""
+    client_stats: dict[str, list[float]] = field(default_factory=dict)
+    """Per-client diagnostics by name, each in ``client_ids`` order (sample-level DP: the fraction of example
+    gradients clipped, their median norm, the signal-to-noise ratio of the noised sums)."""

@@ -147,6 +147,10 @@ def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.T
         weight_sum=sum(r.weight_sum for r in results),
         num_clients=sum(len(r.client_ids) for r in results),
         update_norms=tuple(x for r in results for x in r.update_norms),
+        client_stats={
+            name: tuple(x for r in results for x in r.client_stats.get(name, []))
+            for name in sorted({n for r in results for n in r.client_stats})
+        },
     )
 
 
@@ -191,10 +195,14 @@ class Engine:
         strategy: Strategy = build_strategy(sc.strategy)
         if sc.privacy is not None:  # imported here: the accountants cost seconds of start-up to import
             from fedsim.privacy.plan import plan_and_spend
-            from strategies.dp import client_level_dp
+            from strategies.dp import client_level_dp, sample_level_dp
 
-            self.privacy = self.privacy or plan_and_spend(sc)
-            strategy = client_level_dp(strategy, *self.privacy, noise_generator(sc))
+            sizes = [data.num_examples(c) for c in range(sc.population.clients)]
+            self.privacy = self.privacy or plan_and_spend(sc, sizes)
+            if sc.privacy.level == "sample":
+                strategy = sample_level_dp(strategy, *self.privacy)
+            else:
+                strategy = client_level_dp(strategy, *self.privacy, noise_generator(sc))
         state = strategy.init(params)
         profiles = DeviceProfiles.sample(
             sc.population.devices, sc.population.clients, np.random.default_rng([sc.seed, DEVICE_TAG])

@@ -134,6 +134,113 @@ def train_chunk(
     return params, loss_sum / mask.sum((1, 2)).double()
 
 
+def poisson_rows(
+    parts: Sequence[torch.Tensor], rates: Sequence[float], generators: Sequence[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DP-SGD step's Poisson batches for K clients, padded: pooled rows ``[K, B_max]`` and their mask.
+
+    Client i includes each of its examples with probability ``rates[i]`` through exactly the draw Opacus'
+    ``UniformWithReplacementSampler`` makes (``torch.rand(n_i, generator) < q_i``), so with the same generator
+    both paths pick the same examples. Padding repeats the client's first row (finite, masked out); an all-empty
+    step still has one (masked) column.
+    """
+    picks = [
+        part[(torch.rand(len(part), generator=g) < q).nonzero(as_tuple=False).reshape(-1)]
+        for part, q, g in zip(parts, rates, generators, strict=True)
+    ]
+    width = max(1, max(len(p) for p in picks))
+    rows = torch.stack([part[:1].expand(width) for part in parts]).clone()
+    mask = torch.zeros(len(parts), width)
+    for i, p in enumerate(picks):
+        rows[i, : len(p)] = p
+        mask[i, : len(p)] = 1.0
+    return rows, mask
+
+
+def train_chunk_dp(
+    model: nn.Module,
+    theta: Mapping[str, torch.Tensor],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    parts: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+    cfg: TrainConfig,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, list[float]]]:
+    """DP-SGD for K clients with the same number of local steps: stacked final params, mean losses, diagnostics.
+
+    Per step: every client's Poisson batch (:func:`poisson_rows`), per-example gradients of the whole stack in
+    one ``vmap`` (``clients.dp_sgd.per_sample_grads``), then Opacus' clip-sum-noise-scale per client
+    (``dp_sgd_aggregate`` with each client's own noise generator and expected batch size), then the client
+    optimizer's chain over the stack. ``parts`` are the clients' rows in the pooled training set; ``seeds`` their
+    task seeds (the generators' seeds in insecure mode).
+    """
+    from clients.dp_sgd import (  # opacus: DP runs only
+        client_dp_generators,
+        dp_sgd_aggregate,
+        per_sample_grads,
+    )
+    from fedsim.privacy.sample_level import LocalSchedule
+
+    dp = cfg.sample_dp
+    assert dp is not None
+    device = train_x.device
+    k = len(parts)
+    schedules = [LocalSchedule(len(p), cfg.batch_size) for p in parts]
+    steps = cfg.epochs * schedules[0].steps_per_epoch
+    generators = [client_dp_generators(seed, secure=dp.secure) for seed in seeds]
+    samplers, noises = [g for g, _ in generators], [g for _, g in generators]
+    rates = [s.sample_rate for s in schedules]
+    divisor = torch.tensor([float(s.expected_batch_size) for s in schedules], device=device)
+    params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape).clone() for name, t in theta.items()}
+    dim = sum(t.numel() for t in theta.values())
+    tx = optimizer_chain(model, cfg)
+    state = tx.init(params)
+    loss_sum = torch.zeros(k, dtype=torch.float64)
+    seen = torch.zeros(k, dtype=torch.float64)
+    clipped = torch.zeros(k, dtype=torch.float64)
+    signal = torch.zeros(k, dtype=torch.float64)
+    norms_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _ in range(steps):
+        rows, mask = poisson_rows(parts, rates, samplers)
+        rows, mask_d = rows.to(device), mask.to(device)
+        grads, losses = per_sample_grads(
+            model, params, train_x[rows], train_y[rows], batch_dims=1, return_losses=True
+        )
+        private = dp_sgd_aggregate(
+            grads,
+            mask=mask_d,
+            max_norm=dp.max_norm,
+            noise_multiplier=dp.noise_multiplier,
+            expected_batch_size=divisor,
+            generator=noises,
+            batch_dims=1,
+        )
+        updates, state = tx.update(private.grads, state, params)
+        with torch.no_grad():
+            for name, u in updates.items():
+                params[name].add_(u.to(params[name].dtype))
+        norms = private.norms.detach().cpu()
+        loss_sum += (losses.detach().cpu().double() * mask).sum(1)
+        seen += mask.sum(1).double()
+        clipped += ((norms > dp.max_norm) & (mask != 0)).sum(1).double()
+        signal += private.clipped_sum_norm.detach().cpu()
+        norms_seen.append((norms, mask))
+    std = dp.noise_multiplier * dp.max_norm
+    stats = {
+        "clipped_fraction": (clipped / seen).tolist(),
+        "norm_p50": [
+            float(np.median(torch.cat([n[i][m[i] != 0] for n, m in norms_seen]).numpy()))
+            if seen[i] > 0
+            else float("nan")
+            for i in range(k)
+        ],
+        "signal_to_noise": [
+            float("inf") if std <= 0 else float(x) / (std * dim**0.5) / steps for x in signal.tolist()
+        ],
+    }
+    return params, loss_sum / seen, stats
+
+
 def train_cohort_vectorized(
     model: nn.Module,
     global_params: Mapping[str, torch.Tensor],
@@ -155,17 +262,31 @@ def train_cohort_vectorized(
             buckets.setdefault(cfg.epochs * math.ceil(n / cfg.batch_size), []).append(task)
     one_client = {n: p.detach().unsqueeze(0) for n, p in model.named_parameters()}
     slots = optimizer_slots(optimizer_chain(model, cfg), one_client)
-    per_client = client_footprint_bytes(model, cfg.batch_size, data.input_shape, optimizer_slots=slots)
+    per_client = client_footprint_bytes(
+        model,
+        cfg.batch_size,
+        data.input_shape,
+        optimizer_slots=slots,
+        per_example_grads=cfg.sample_dp is not None,
+    )
     chunk = chunk_size(per_client, cfg.memory_budget_bytes)
     for members in buckets.values():
         for start in range(0, len(members), chunk):
             part = members[start : start + chunk]
-            rows, mask = batch_plan(data.partitions, part, cfg)
-            stacked, losses = train_chunk(model, global_params, train_x, train_y, rows, mask, cfg)
+            stats = None
+            if cfg.sample_dp is None:
+                rows, mask = batch_plan(data.partitions, part, cfg)
+                stacked, losses = train_chunk(model, global_params, train_x, train_y, rows, mask, cfg)
+            else:
+                parts = [torch.from_numpy(np.array(data.partitions[t.cid], dtype=np.int64)) for t in part]
+                stacked, losses, stats = train_chunk_dp(
+                    model, global_params, train_x, train_y, parts, [t.seed for t in part], cfg
+                )
             acc.add_stacked(
                 [t.cid for t in part],
                 stacked,
                 [data.num_examples(t.cid) for t in part],
                 losses.tolist(),
+                stats,
             )
     return acc.finish(order=[t.cid for t in tasks])

@@ -354,12 +354,39 @@ def calibrate_noise(
         raise ConfigError("tol", "a number in (0, 1)", tol)
     mech = Mechanism(sigma_max, sample_rate, steps, sampling, population)
     _validate(accountant, mech, delta)
+    return bisect_noise(
+        lambda sigma: _EPSILON[accountant](replace(mech, noise_multiplier=sigma), delta),
+        target_epsilon=target,
+        accountant=accountant,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        tol=tol,
+    )
+
+
+def bisect_noise(
+    epsilon_of: Callable[[float], float],
+    *,
+    target_epsilon: float,
+    accountant: str,
+    sigma_min: float = 0.1,
+    sigma_max: float = 100.0,
+    tol: float = 1e-3,
+) -> float:
+    """The smallest σ in [``sigma_min``, ``sigma_max``] (to relative tolerance ``tol``) with ``epsilon_of(σ)`` <=
+    the target, for any ε(σ) that decreases in σ (one mechanism, or the worst of several: sample-level DP).
+
+    Raises:
+        ConfigError: on ``privacy.target_epsilon`` when even ``sigma_max`` spends more (``accountant`` names the
+            accountant in the message).
+    """
+    target = _positive("privacy.target_epsilon", target_epsilon)
 
     def eps(sigma: float) -> float:
         # search probes, not reported numbers: silence opacus' "optimal order at the end of the grid" warnings
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
-            return _EPSILON[accountant](replace(mech, noise_multiplier=sigma), delta)
+            return epsilon_of(sigma)
 
     at_max = eps(sigma_max)
     if at_max > target:

@@ -19,6 +19,7 @@ import numpy as np
 
 from fedsim.privacy.accounting import describe_sampling
 from fedsim.privacy.plan import PrivacyPlan, Spend, spend
+from fedsim.privacy.sample_level import group_epsilons
 
 NOT_PRIVATE = "NOT PRIVATE: insecure seed"
 
@@ -91,6 +92,8 @@ def privacy_record(
     }
     if rounds_run is not None:
         record["rounds_run"] = rounds_run
+    if cfg.level == "sample":
+        record |= _sample_level_keys(plan)
     if plan.extrapolated is not None:
         ex = plan.extrapolated
         ex_spent = spend(ex.mechanism, cfg.delta, plan.accountants, max_points=2)
@@ -104,6 +107,34 @@ def privacy_record(
     if measured is not None:
         record["measured_clipping"] = dict(measured)
     return record
+
+
+def _sample_level_keys(plan: PrivacyPlan) -> dict[str, Any]:
+    """What sample-level DP adds: the per-step mechanism's schedule, the worst clients and every group's ε."""
+    cfg = plan.config
+    epochs = plan.steps_per_round // plan.worst_group.steps_per_epoch
+    eps = group_epsilons(plan.groups, plan.noise_multiplier, cfg.delta, epochs=epochs, rounds=plan.rounds)
+    return {
+        "local_steps": plan.steps_per_round,
+        "federated_rounds": plan.rounds,
+        "client_participation": "every round (worst case; no amplification by client sampling)",
+        "worst_client": {
+            "steps_per_epoch": plan.worst_group.steps_per_epoch,
+            "examples": plan.population,
+            "expected_batch_size": plan.cohort,
+        },
+        "client_groups": [
+            {
+                "steps_per_epoch": g.steps_per_epoch,
+                "sample_rate": g.sample_rate,
+                "clients": g.clients,
+                "min_examples": g.min_examples,
+                "max_examples": g.max_examples,
+                "epsilon_rdp": e,
+            }
+            for g, e in zip(plan.groups, eps, strict=True)
+        ],
+    }
 
 
 def _fmt(x: float) -> str:
@@ -131,15 +162,7 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
         "",
         "## Statement",
         "",
-        (
-            f"Client-level DP-FedAvg with the Gaussian mechanism: each client's whole update is clipped to L2 norm "
-            f"{_fmt(cfg.clip)} ({_clip_words(cfg)}), the sum over the cohort gets Gaussian noise of standard "
-            f"deviation {_fmt(record['noise_multiplier'])} × clip once per round, and the server divides by the "
-            f"expected cohort size {record['cohort']}. Over {record['rounds']} rounds with "
-            f"{describe_sampling(plan.mechanism)}, the training run is "
-            f"({_fmt(max(eps.values()))}, {record['delta']:g})-differentially private with respect to adding or "
-            f"removing all of one client's data (by the most conservative of the accountants below)."
-        ),
+        _sample_level_statement(record, plan) if cfg.level == "sample" else _client_level_statement(record, plan),
         "",
         "| accountant | ε | δ |",
         "|---|---|---|",
@@ -149,21 +172,25 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
         "",
         "| parameter | value |",
         "|---|---|",
-        f"| level | {record['level']} (a client's whole data is the unit protected) |",
-        f"| clip C | {_fmt(cfg.clip)} ({_clip_words(cfg)}) |",
-        f"| noise multiplier σ | {_fmt(record['noise_multiplier'])}"
-        + (
-            f" (calibrated for target ε = {cfg.target_epsilon:g} with {plan.accountants[0]})"
-            if plan.calibrated
-            else ""
-        )
-        + " |",
-        f"| sample rate q | {_fmt(record['sample_rate'])} = {record['cohort']} / {record['population']} |",
-        f"| sampling | {record['sampling']} |",
-        f"| rounds (composed invocations) | {record['rounds']} |",
-        f"| δ | {record['delta']:g} |",
+        *_parameter_rows(record, plan),
         "",
     ]
+    if record.get("client_groups"):
+        lines += [
+            "## Every client's guarantee (RDP)",
+            "",
+            "Clients grouped by local steps per epoch ⌈n/B⌉ (the same q and the same number of steps, hence the same "
+            "ε); the statement above is the worst group's.",
+            "",
+            "| steps per epoch | sample rate q | clients | examples | ε (rdp) |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {g['steps_per_epoch']} | {_fmt(g['sample_rate'])} | {g['clients']} | "
+                f"{g['min_examples']}–{g['max_examples']} | {_fmt(g['epsilon_rdp'])} |"
+                for g in record["client_groups"]
+            ],
+            "",
+        ]
     ex = record.get("extrapolated")
     if ex:
         lines += [
@@ -197,6 +224,65 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
     return "\n".join(lines)
 
 
+def _client_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
+    cfg = plan.config
+    return (
+        f"Client-level DP-FedAvg with the Gaussian mechanism: each client's whole update is clipped to L2 norm "
+        f"{_fmt(cfg.clip)} ({_clip_words(cfg)}), the sum over the cohort gets Gaussian noise of standard "
+        f"deviation {_fmt(record['noise_multiplier'])} × clip once per round, and the server divides by the "
+        f"expected cohort size {record['cohort']}. Over {record['rounds']} rounds with "
+        f"{describe_sampling(plan.mechanism)}, the training run is "
+        f"({_fmt(max(record['epsilon'].values()))}, {record['delta']:g})-differentially private with respect to "
+        "adding or removing all of one client's data (by the most conservative of the accountants below)."
+    )
+
+
+def _sample_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
+    cfg = plan.config
+    return (
+        f"Sample-level DP-SGD on every client: at each local step a client includes each of its n examples "
+        f"independently with probability q = 1/⌈n/B⌉ (Poisson sampling), clips every example's gradient to L2 "
+        f"norm {_fmt(cfg.clip)}, adds Gaussian noise of standard deviation {_fmt(record['noise_multiplier'])} × "
+        f"clip to the sum and divides by int(n·q), as Opacus does. Every client is assumed to take part in every "
+        f"round (no amplification by client sampling is claimed). The least protected clients are those with "
+        f"{record['worst_client']['steps_per_epoch']} step(s) per epoch (n = {record['population']}, "
+        f"q = {_fmt(record['sample_rate'])}): over {record['federated_rounds']} rounds × "
+        f"{record['local_steps']} local steps = {record['rounds']} composed steps, the training run is "
+        f"({_fmt(max(record['epsilon'].values()))}, {record['delta']:g})-differentially private with respect to "
+        "adding or removing one example of one client's data (by the most conservative of the accountants "
+        "below); every other client's examples are at least as well protected."
+    )
+
+
+def _parameter_rows(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
+    cfg = plan.config
+    sigma = f"| noise multiplier σ | {_fmt(record['noise_multiplier'])}" + (
+        f" (calibrated for target ε = {cfg.target_epsilon:g} with {plan.accountants[0]})" if plan.calibrated else ""
+    )
+    if cfg.level == "sample":
+        return [
+            "| level | sample (one example of one client's data is the unit protected) |",
+            f"| clip C | {_fmt(cfg.clip)} (each example's whole gradient, flat clipping as in Opacus) |",
+            sigma + " |",
+            f"| sample rate q (worst clients) | {_fmt(record['sample_rate'])} = 1/⌈n/B⌉, n = {record['population']} |",
+            f"| expected batch int(n·q) | {record['cohort']} |",
+            "| sampling | poisson (of examples, within each client) |",
+            f"| rounds | {record['federated_rounds']} |",
+            f"| local steps per round (worst clients) | {record['local_steps']} |",
+            f"| composed steps | {record['rounds']} |",
+            f"| δ | {record['delta']:g} |",
+        ]
+    return [
+        f"| level | {record['level']} (a client's whole data is the unit protected) |",
+        f"| clip C | {_fmt(cfg.clip)} ({_clip_words(cfg)}) |",
+        sigma + " |",
+        f"| sample rate q | {_fmt(record['sample_rate'])} = {record['cohort']} / {record['population']} |",
+        f"| sampling | {record['sampling']} |",
+        f"| rounds (composed invocations) | {record['rounds']} |",
+        f"| δ | {record['delta']:g} |",
+    ]
+
+
 def _clip_words(cfg: Any) -> str:
     words = {
         None: "one bound on the whole update",
@@ -221,6 +307,8 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
             "is not hardened against the attacks of Mironov (CCS 2012); a deployment should use a CSPRNG-backed "
             "sampler."
         )
+    if plan.config.level == "sample":
+        return out + _sample_level_caveats(record)
     if record["sampling"] == "poisson":
         out.append(
             "Poisson sampling: the engine drew every round's cohort by including each available client "
@@ -248,6 +336,27 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
             "reduced so the pair costs what σ alone costs (Andrew et al., Theorem 1)."
         )
     return out
+
+
+def _sample_level_caveats(record: Mapping[str, Any]) -> list[str]:
+    secret = (
+        "drawn from the scenario seed, so they are not secret either"
+        if record["insecure_seed"]
+        else "drawn from a CSPRNG-seeded generator of each client, per round"
+    )
+    return [
+        f"Poisson sampling of examples within each client, as the accountants assume: the batches are {secret}; "
+        "amplification by sampling assumes nobody sees which examples a step used.",
+        "Each client's number of examples n is treated as public, as Opacus treats the dataset size: it sets the "
+        "client's q, its number of steps and its weight in the server's average.",
+        "Worst case over clients and over rounds: every client is assumed to train in every round, so the "
+        "cohort sampling of the server adds no amplification to these numbers; clients that train less are "
+        "better protected than stated.",
+        "The guarantee is per client dataset: an example held by two clients, or a person with examples at "
+        "several clients, is protected per copy (group privacy applies beyond that).",
+        "The clipping statistics are the clients' own diagnostics (not privatised); a deployment would not "
+        "release them.",
+    ]
 
 
 def plot_epsilon(record: Mapping[str, Any], path: Path) -> Path:

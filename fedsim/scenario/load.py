@@ -164,9 +164,10 @@ def check_registered_names(scenario: Scenario) -> None:
         raise UnknownNameError("data.partitioner", scenario.data.partitioner, partitioner_names())
     if not ds.startswith("hf:"):  # offline data is cheap to build: its arguments are checked for real
         from fedsim.engine.messages import train_config
+        from fedsim.engine.protocol import NOISE_MULTIPLIER_KEY
         from fedsim.engine.setup import build_data, build_initial_model
 
         data = build_data(scenario)
-        select_cohort_trainer(
-            scenario.engine.vectorize, build_initial_model(scenario, data), train_config(scenario)
-        )
+        # σ does not decide which trainer runs; the server sends the resolved one every round
+        cfg = train_config(scenario, {NOISE_MULTIPLIER_KEY: 1.0})
+        select_cohort_trainer(scenario.engine.vectorize, build_initial_model(scenario, data), cfg)

@@ -140,7 +140,29 @@ class PrivacyConfig(_Frozen):
                 )
         if len(set(self.accountants)) != len(self.accountants):
             raise ValueError(f"accountants must not repeat a name (got {self.accountants})")
+        if self.level == "sample":
+            self._sample_level_settings()
         return self
+
+    def _sample_level_settings(self) -> None:
+        """DP-SGD on the clients (Opacus' flat clipping, Poisson batches): client-level options do not apply."""
+        client_only = {
+            "per_layer": self.per_layer is not None,
+            "normalize_layers": self.normalize_layers,
+            "count_noise_multiplier": self.count_noise_multiplier is not None,
+            "deployed_cohort": self.deployed_cohort is not None,
+        }
+        for name, given in client_only.items():
+            if given:
+                raise ValueError(
+                    f"{name} applies to level 'client' only; with level 'sample' leave it unset "
+                    "(DP-SGD clips every example's whole gradient)"
+                )
+        if self.sampling != "poisson":
+            raise ValueError(
+                "sampling must be 'poisson' with level 'sample' (each client's DP-SGD batches are Poisson "
+                f"samples of its examples, as in Opacus). Got {self.sampling!r}"
+            )
 
     @property
     def sigma_given(self) -> float | None:
@@ -204,11 +226,5 @@ class Scenario(_Frozen):
         if k > n:
             raise ValueError(
                 f"strategy.clients_per_round must be an integer between 1 and population.clients ({n}). Got {k}"
-            )
-        p = self.privacy
-        if p is not None and p.level == "sample":
-            raise ValueError(
-                "privacy.level must be 'client' in this version (sample-level DP-SGD is not implemented yet). "
-                "Got 'sample'"
             )
         return self

@@ -59,6 +59,27 @@ def test_report_from_the_scenario_alone_reproduces_the_spec_example(tmp_path):
     assert (out_dir / "plots" / "privacy_epsilon.png").stat().st_size > 1000
 
 
+def test_sample_level_report_reproduces_tensorflow_privacys_dp_sgd_number(tmp_path):
+    # tensorflow_privacy compute_dp_sgd_privacy_test.py: n 60000, batch 150, σ 1.3, 15 epochs, δ 1e-5 -> 0.72422
+    # (RDP): one client holding all 60 000 examples, 15 rounds of one epoch.
+    sc = tmp_path / "s.yaml"
+    sc.write_text(
+        "data: {dataset: blobs, args: {shape: [2], samples_per_client: 60000}, partitioner: iid,\n"
+        "       partitioner_args: {}}\n"
+        "name: p\nrounds: 15\npopulation: {clients: 1}\nstrategy: {clients_per_round: 1}\n"
+        "client: {epochs: 1, batch_size: 150}\n"
+        "privacy: {level: sample, noise_multiplier: 1.3, accountants: [rdp]}\n"
+    )
+    out = fedsim("privacy", str(sc), "-o", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr
+    rec = json.loads((tmp_path / "r" / "privacy.json").read_text())
+    assert rec["level"] == "sample" and rec["population"] == 60000, rec["population"]
+    assert rec["local_steps"] == 400 and rec["rounds"] == 6000 and rec["federated_rounds"] == 15
+    assert rec["epsilon"]["rdp"] == pytest.approx(0.72422, rel=1e-3)
+    md = (tmp_path / "r" / "privacy.md").read_text()
+    assert "adding or removing one example of one client's data" in md
+
+
 def test_calibrated_insecure_and_extrapolated_report(tmp_path):
     sc = tmp_path / "s.yaml"
     sc.write_text(

@@ -81,7 +81,14 @@ BAD = [
     ),
     ("name: a/b\n", "name must be letters, digits"),
     ("rounds: 3\n", "name is required."),
-    ("name: x\nprivacy: {level: sample}\n", "privacy.level must be 'client' in this version"),
+    (
+        "name: x\nprivacy: {level: sample, per_layer: uniform}\n",
+        "privacy: per_layer applies to level 'client' only; with level 'sample' leave it unset",
+    ),
+    (
+        "name: x\nprivacy: {level: sample, sampling: fixed_size}\n",
+        "privacy: sampling must be 'poisson' with level 'sample'",
+    ),
     (
         "name: x\nstrategy: {name: fedavgg}\n",
         "strategy.name must be one of fedadam, fedavg, fedavgm, fedyogi. Got 'fedavgg'.",
