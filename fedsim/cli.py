@@ -142,6 +142,45 @@ def privacy(
 
 
 @app.command()
+def compare(
+    items: Annotated[
+        list[Path], typer.Argument(help="Scenario files (run first) or finished run folders, in legend order.")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for compare.png and compare.md (default: runs/compare-<time>)."),
+    ] = None,
+    title: Annotated[str, typer.Option(help="Plot and table title.")] = "",
+) -> None:
+    """Compare runs against virtual time: test accuracy and loss in one PNG, and a Markdown table.
+
+    A scenario file is run first (results under its output.dir); a run folder is read as it is.
+    """
+    import time
+
+    from fedsim.compare import load_run, write_comparison
+
+    curves = []
+    for item in items:
+        if item.is_dir():
+            curves.append(load_run(item))
+            continue
+        from fedsim.run import run_scenario
+        from fedsim.scenario import load_scenario
+
+        sc = load_scenario(item)
+        try:
+            outcome = run_scenario(sc, show_progress=False)
+        except ConfigError as exc:
+            raise (exc if exc.source else exc.with_source(str(item))) from None
+        typer.echo(f"{sc.name}: {outcome.summary_line()}", err=True)
+        curves.append(load_run(outcome.path, sc.name))
+    out = output or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    files = write_comparison(curves, out, title=title)
+    typer.echo(f"compared {len(curves)} runs: plot={files['png']} table={files['md']}")
+
+
+@app.command()
 def validate(
     scenarios: Annotated[list[Path], typer.Argument(help="One or more scenario files to check.")],
 ) -> None:
@@ -166,6 +205,64 @@ def validate(
             typer.echo(f"{path}: ok ({sc.name}: {sc.rounds} rounds, {sc.population.clients} clients)")
     if bad:
         raise typer.Exit(2)
+
+
+@app.command()
+def deploy(
+    scenario: ScenarioArg,
+    local: Annotated[
+        int | None, typer.Option("--local", help="Start a SuperLink and N SuperNodes on this machine.")
+    ] = None,
+    superlink: Annotated[
+        str | None, typer.Option("--superlink", help="Submit to an existing SuperLink at HOST:PORT.")
+    ] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option("--root-certificates", help="With --superlink: its CA certificate (PEM).")
+    ] = None,
+    expect: Annotated[
+        int, typer.Option("--expect", help="With --superlink: SuperNodes to wait for (0: until settled).")
+    ] = 0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS and no SuperNode authentication (asked for only).")
+    ] = False,
+    certs: Annotated[
+        Path | None,
+        typer.Option("--certs", help="With --local: DIR/ca.pem, server.pem, server.key (default: made anew)."),
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="With --local: the SuperLink's port.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Results root folder.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Override the scenario's number of rounds.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary line.")] = False,
+) -> None:
+    """Run a scenario on Flower's Deployment Runtime: each SuperNode hosts one logical client (its partition).
+
+    --local N: a real SuperLink and N SuperNodes here, TLS and SuperNode authentication on (certificates and
+    keys in the results folder), all stopped at the end. --superlink HOST:PORT: an existing SuperLink whose
+    SuperNodes joined already (docs/deployment.md). Prints the same summary line as `fedsim run`.
+    """
+    from fedsim.scenario import load_scenario
+
+    if (local is None) == (superlink is None):
+        raise ConfigError("--local/--superlink", "exactly one of them", None, source=str(scenario))
+    sc = with_overrides(load_scenario(scenario), str(scenario), rounds=rounds)
+    from fedsim.scenario.load import check_registered_names
+
+    check_registered_names(sc)
+    if local is not None:
+        from fedsim.deploy.local import deploy_local
+
+        outcome = deploy_local(
+            sc, nodes=local, insecure=insecure, certs_dir=certs, port=port, output_root=output,
+            show_progress=not quiet,
+        )  # fmt: skip
+    else:
+        from fedsim.deploy.submit import deploy_remote
+
+        outcome = deploy_remote(
+            sc, superlink=str(superlink), ca_cert=root_certificates, insecure=insecure, expected_workers=expect,
+            output_root=output, show_progress=not quiet,
+        )  # fmt: skip
+    typer.echo(outcome.summary_line())
 
 
 def main() -> None:

@@ -45,3 +45,7 @@ class UnknownNameError(ConfigError):
 
 class EngineError(FedsimError):
     """The simulation could not proceed (workers did not register, a wait hit its deadline)."""
+
+
+class DeployError(FedsimError):
+    """A deployment could not start or finish (a SuperLink or SuperNode that failed, a run that was refused)."""

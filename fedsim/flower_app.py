@@ -5,13 +5,21 @@ config key ``scenario`` (default ``scenarios/quickstart.yaml``; override with
 ``flwr run . --run-config 'scenario="scenarios/other.yaml"'``) and writes the usual results folder under
 the run config key ``output-dir`` (default: the scenario's ``output.dir``). The ClientApp is fedsim's worker:
 each SuperNode Flower starts hosts a share of the logical clients.
+
+On the Deployment Runtime (``fedsim deploy``) the run config also says ``placement`` (``partition``: each
+SuperNode owns the one client its ``--node-config partition-id`` names), ``expected-workers`` (how many
+SuperNodes to wait for; 0: until their number settles) and ``run-dir`` (a results folder made beforehand,
+where the deployment's certificates already are).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -20,7 +28,7 @@ from fedsim.engine.server import Engine
 from fedsim.engine.worker import client_app
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
-from fedsim.scenario import load_scenario
+from fedsim.scenario import load_scenario, parse_scenario
 
 log = logging.getLogger("fedsim")
 
@@ -33,6 +41,18 @@ def resolve_scenario_path(name: str) -> Path:
     return Path(__file__).resolve().parents[1] / p
 
 
+METRICS_PREFIX = "fedsim-metrics: "
+"""Each round's metrics row also goes to the run's log as one JSON line after this prefix, so ``fedsim deploy``
+can keep a local copy of a run whose ServerApp writes its results on another machine."""
+
+
+def round_line(row: Mapping[str, Any], rounds: int) -> str:
+    """One line per round in the run's log (what ``flwr run --stream`` and ``flwr log`` show)."""
+    acc = row.get("test_accuracy")
+    shown = f" test_accuracy={acc:.4f}" if acc is not None else ""
+    return f"fedsim: round {row['round']}/{rounds}{shown} clients={row['clients']} dropped={row['dropped']}"
+
+
 server_app = ServerApp()
 
 
@@ -40,13 +60,24 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario's rounds over whatever SuperNodes the runtime started."""
     t0 = time.monotonic()
-    scenario = load_scenario(
-        resolve_scenario_path(str(context.run_config.get("scenario", "scenarios/quickstart.yaml")))
-    )
-    out = context.run_config.get("output-dir") or scenario.output.dir
-    path = new_run_dir(scenario, root=str(out))
+    cfg = context.run_config
+    if cfg.get("scenario-json"):  # `fedsim deploy` sends the resolved scenario (the file may not exist here)
+        scenario = parse_scenario(json.loads(str(cfg["scenario-json"])), source="run config scenario-json")
+    else:
+        scenario = load_scenario(resolve_scenario_path(str(cfg.get("scenario", "scenarios/quickstart.yaml"))))
+    out = cfg.get("output-dir") or scenario.output.dir
+    path = Path(str(cfg["run-dir"])) if cfg.get("run-dir") else new_run_dir(scenario, root=str(out))
     run_dir = RunDir(path, scenario)
-    engine = Engine(scenario, run_dir, expected_workers=None)
+    engine = Engine(
+        scenario,
+        run_dir,
+        expected_workers=int(cfg.get("expected-workers", 0)) or None,  # type: ignore[arg-type]
+        placement=str(cfg.get("placement", "auto")),
+        max_poll_s=0.1,  # Flower's own pace; spares the SuperLink a busy loop of pulls
+        on_round=lambda row: print(
+            round_line(row, scenario.rounds), METRICS_PREFIX + json.dumps(row), sep="\n", flush=True
+        ),
+    )
     try:
         summary = engine.run(grid)
     finally:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedsim.engine.protocol import ClientClip, WorkerResult
+from fedsim.engine.protocol import ClientClip, ClientTask, WorkerResult
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import normalize_layers
 from fedsim.privacy.client_level import update_clipper
@@ -19,16 +19,38 @@ class CohortAccumulator:
     (``add_stacked``, the vectorised path: one weighted sum per tensor on the training device).
 
     With ``clip`` (client-level DP) each client's update is clipped before it is added, every client weighs 1,
-    and its norm before clipping is kept for the privacy report.
+    and its norm before clipping is kept for the privacy report. With ``tasks`` that carry a ``weight``/``group``
+    (event-driven strategies), a client weighs its task's weight and is also summed into its group's sum.
     """
 
-    def __init__(self, global_params: Mapping[str, torch.Tensor], clip: ClientClip | None = None) -> None:
+    def __init__(
+        self,
+        global_params: Mapping[str, torch.Tensor],
+        clip: ClientClip | None = None,
+        tasks: Sequence[ClientTask] = (),
+    ) -> None:
         self.theta = global_params
         self.float_keys = [k for k, v in global_params.items() if v.is_floating_point()]
         self.delta_sum = {k: torch.zeros_like(global_params[k], dtype=torch.float64) for k in self.float_keys}
         self.result = WorkerResult({}, 0.0, [], [], [], [])
         self.clip = clip
         self._clippers: dict[int, tuple] = {}
+        self.weights = {t.cid: t.weight for t in tasks if t.weight is not None}
+        self.groups = {t.cid: t.group for t in tasks if t.group is not None}
+
+    def _weight(self, cid: int, default: float) -> float:
+        return self.weights.get(cid, default)
+
+    def _add_to_group(self, cid: int, scaled: Mapping[str, torch.Tensor]) -> None:
+        if cid in self.groups:
+            self._add_to_group_sum(self.groups[cid], scaled)
+
+    def _add_to_group_sum(self, group: int, summed: Mapping[str, torch.Tensor]) -> None:
+        sums = self.result.group_sums.setdefault(
+            group, {k: torch.zeros_like(v) for k, v in self.delta_sum.items()}
+        )
+        for k, v in summed.items():
+            sums[k] += v.double().cpu()
 
     def _clipped(self, deltas: dict[str, torch.Tensor], batch_dims: int) -> tuple[dict, torch.Tensor]:
         """The clipped updates and the norms the clip saw (per client when ``batch_dims`` is 1): the update's
@@ -58,13 +80,14 @@ class CohortAccumulator:
         if not all(torch.isfinite(d).all() for d in deltas.values()):
             self.result.failed.append(cid)
             return
-        weight = num_examples
+        weight = self._weight(cid, num_examples)
         if self.clip is not None:
             deltas, norm = self._clipped(deltas, 0)
             self.result.update_norms.append(float(norm))
-            weight = 1
+            weight = self._weight(cid, 1)
         for k, d in deltas.items():
             self.delta_sum[k] += weight * d
+        self._add_to_group(cid, {k: weight * d for k, d in deltas.items()})
         self._keep(cid, num_examples, mean_loss, stats or {})
 
     def add_stacked(
@@ -92,12 +115,18 @@ class CohortAccumulator:
         }
         if self.clip is not None:
             deltas, norms = self._clipped(deltas, 1)
-            weights = ok.to(torch.float64)
+            base = [1.0] * len(cids)
         else:
             norms = None
-            weights = torch.tensor(num_examples, dtype=torch.float64, device=device) * ok
+            base = [float(n) for n in num_examples]
+        chosen = [self._weight(c, b) for c, b in zip(cids, base, strict=True)]
+        weights = torch.tensor(chosen, dtype=torch.float64, device=device) * ok
         for k, d in deltas.items():
             self.delta_sum[k] += torch.tensordot(weights.to(d.dtype), d, dims=1).double().cpu()
+        for group in sorted({self.groups[c] for c in cids if c in self.groups}):
+            member = torch.tensor([self.groups.get(c) == group for c in cids], device=device)
+            w = weights * member
+            self._add_to_group_sum(group, {k: torch.tensordot(w.to(d.dtype), d, dims=1) for k, d in deltas.items()})
         norm_list = norms.tolist() if norms is not None else [None] * len(cids)
         stats = stats or {}
         for i, (cid, good, n, loss, norm) in enumerate(
@@ -122,6 +151,9 @@ class CohortAccumulator:
         """The reply; with ``order`` (client ids), the per-client lists follow it (e.g. the task order)."""
         r = self.result
         r.weighted_delta_sum = {k: v.to(self.theta[k].dtype) for k, v in self.delta_sum.items()}
+        r.group_sums = {
+            g: {k: v.to(self.theta[k].dtype) for k, v in sums.items()} for g, sums in r.group_sums.items()
+        }
         if order is not None:
             rank = {cid: i for i, cid in enumerate(order)}
             by_rank = sorted(range(len(r.client_ids)), key=lambda i: rank[r.client_ids[i]])

@@ -42,7 +42,7 @@ def train_cohort_sequential(
     of the state dict are averaged; integer buffers keep the global value.
     """
     device = next(model.parameters()).device
-    acc = CohortAccumulator(global_params, cfg.clip)
+    acc = CohortAccumulator(global_params, cfg.clip, tasks)
     if cfg.sample_dp is not None:
         _train_dp_sequential(model, global_params, tasks, data, cfg, acc)
         return acc.finish()

@@ -40,6 +40,9 @@ CLIENT_SEEDS = "client_seeds"
 ROUND_CONFIG_JSON = "round_config_json"
 UPDATE_NORMS = "update_norms"
 CLIENT_STAT_PREFIX = "client_stat."
+CLIENT_WEIGHTS = "client_weights"
+CLIENT_GROUPS = "client_groups"
+GROUP_SUM_PREFIX = "fedsim.group_sum."
 
 WEIGHT_SUM = "weight_sum"
 NUM_EXAMPLES = "num_examples"
@@ -143,6 +146,9 @@ def encode_train_request(
             ROUND_CONFIG_JSON: json.dumps(dict(round_config or {}), sort_keys=True),
         }
     )
+    if any(t.group is not None or t.weight is not None for t in tasks):  # event-driven strategies
+        config[CLIENT_WEIGHTS] = [float("nan") if t.weight is None else float(t.weight) for t in tasks]
+        config[CLIENT_GROUPS] = [-1 if t.group is None else int(t.group) for t in tasks]
     return RecordDict({PARAMS: ArrayRecord({k: v.detach().cpu() for k, v in params.items()}), CONFIG: config})
 
 
@@ -151,11 +157,16 @@ def decode_train_request(content: RecordDict) -> TrainRequest:
     cfg = content.config_records[CONFIG]
     ids = [int(c) for c in cfg[CLIENT_IDS]]  # type: ignore[union-attr]
     seeds = [int(s) for s in cfg[CLIENT_SEEDS]]  # type: ignore[union-attr]
+    weights = [float(w) for w in cfg.get(CLIENT_WEIGHTS, [float("nan")] * len(ids))]  # type: ignore[union-attr]
+    groups = [int(g) for g in cfg.get(CLIENT_GROUPS, [-1] * len(ids))]  # type: ignore[union-attr]
     return TrainRequest(
         scenario=json.loads(str(cfg[SCENARIO_JSON])),
         round=int(cfg[ROUND]),  # type: ignore[arg-type]
         params=dict(content.array_records[PARAMS].to_torch_state_dict()),
-        tasks=tuple(ClientTask(cid=c, seed=s) for c, s in zip(ids, seeds, strict=True)),
+        tasks=tuple(
+            ClientTask(cid=c, seed=s, weight=None if w != w else w, group=None if g < 0 else g)
+            for c, s, w, g in zip(ids, seeds, weights, groups, strict=True)
+        ),
         round_config=json.loads(str(cfg.get(ROUND_CONFIG_JSON, "{}"))),
     )
 
@@ -174,7 +185,10 @@ def encode_train_reply(result: WorkerResult) -> RecordDict:
             **{CLIENT_STAT_PREFIX + k: [float(x) for x in v] for k, v in result.client_stats.items()},
         }
     )
-    return RecordDict({DELTA_SUM: ArrayRecord(dict(result.weighted_delta_sum)), STATS: stats})
+    records: dict[str, Any] = {DELTA_SUM: ArrayRecord(dict(result.weighted_delta_sum)), STATS: stats}
+    for group, sums in result.group_sums.items():
+        records[f"{GROUP_SUM_PREFIX}{group}"] = ArrayRecord(dict(sums))
+    return RecordDict(records)
 
 
 def decode_train_reply(content: RecordDict) -> WorkerResult:
@@ -182,6 +196,11 @@ def decode_train_reply(content: RecordDict) -> WorkerResult:
     stats = content.metric_records[STATS]
     return WorkerResult(
         weighted_delta_sum=dict(content.array_records[DELTA_SUM].to_torch_state_dict()),
+        group_sums={
+            int(name.removeprefix(GROUP_SUM_PREFIX)): dict(record.to_torch_state_dict())
+            for name, record in content.array_records.items()
+            if name.startswith(GROUP_SUM_PREFIX)
+        },
         weight_sum=float(stats[WEIGHT_SUM]),  # type: ignore[arg-type]
         client_ids=[int(c) for c in stats[CLIENT_IDS]],  # type: ignore[union-attr]
         num_examples=[int(n) for n in stats[NUM_EXAMPLES]],  # type: ignore[union-attr]

@@ -2,16 +2,20 @@
 
 Each logical client gets a compute speed (samples/s) and a link bandwidth (bytes/s), drawn once from the
 scenario's distributions: O(population) floats, nothing else per client. A client's virtual duration is
-``examples × epochs / speed + 2 × model_bytes / bandwidth`` (model down and update up).
+``examples × epochs / speed + 2 × model_bytes / bandwidth`` (model down and update up), or with an ``F-X``
+profile the paper's fixed τ_i. Availability is a probability per selection, or a trace of online intervals.
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.scenario.schema import DevicesConfig, Distribution
+from fedsim.errors import ConfigError
+from fedsim.scenario.schema import AvailabilityTrace, DevicesConfig, Distribution
+from strategies.asynchronous import f_x_durations
 
 _MIN_POSITIVE = 1e-9
 
@@ -31,19 +35,71 @@ def draw(dist: Distribution, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.maximum(out, _MIN_POSITIVE)
 
 
+def load_trace(path: str, clients: int) -> dict[int, list[tuple[float, float]]]:
+    """Online intervals per client from a CSV with the header ``client,start_s,end_s``.
+
+    Raises:
+        ConfigError: on ``population.devices.availability.trace`` when the file is missing or malformed.
+    """
+    field = "population.devices.availability.trace"
+    expected = "a CSV file with the header client,start_s,end_s (one online interval per row)"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ConfigError(field, expected, f"{path} ({exc.strerror})") from None
+    out: dict[int, list[tuple[float, float]]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            cid, start, end = int(row["client"]), float(row["start_s"]), float(row["end_s"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(field, expected, f"{path} line {line}: {dict(row)}") from None
+        if not 0 <= cid < clients or not start < end:
+            raise ConfigError(
+                field, f"client ids in [0, {clients}) and start_s < end_s", f"{path} line {line}: {dict(row)}"
+            )
+        out.setdefault(cid, []).append((start, end))
+    return out
+
+
 @dataclass(frozen=True)
 class DeviceProfiles:
-    """Per-client speed and bandwidth arrays plus the population's availability and failure rates."""
+    """Per-client speed and bandwidth arrays (or F-X durations), availability (a probability or per-client online
+    intervals) and the failure rate."""
 
     speed: np.ndarray
     bandwidth: np.ndarray
     availability: float
     failure: float
+    fixed_durations: np.ndarray | None = None
+    trace: dict[int, list[tuple[float, float]]] | None = None
 
     @classmethod
     def sample(cls, cfg: DevicesConfig, n: int, rng: np.random.Generator) -> DeviceProfiles:
-        return cls(draw(cfg.speed, n, rng), draw(cfg.bandwidth, n, rng), cfg.availability, cfg.failure)
+        speed, bandwidth = draw(cfg.speed, n, rng), draw(cfg.bandwidth, n, rng)
+        fixed = None if cfg.f_x is None else np.asarray(f_x_durations(n, cfg.f_x))
+        if isinstance(cfg.availability, AvailabilityTrace):
+            return cls(speed, bandwidth, 1.0, cfg.failure, fixed, load_trace(cfg.availability.trace, n))
+        return cls(speed, bandwidth, float(cfg.availability), cfg.failure, fixed)
 
     def duration(self, cid: int, *, examples: int, epochs: int, model_bytes: int) -> float:
-        """Virtual seconds for client ``cid`` to receive the model, train and send its update."""
+        """Virtual seconds for client ``cid`` to receive the model, train and send its update (its F-X τ_i with
+        an F-X profile)."""
+        if self.fixed_durations is not None:
+            return float(self.fixed_durations[cid])
         return examples * epochs / self.speed[cid] + 2 * model_bytes / self.bandwidth[cid]
+
+    def online(self, cids: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
+        """Which of ``cids`` are online at virtual time ``t``: inside one of their trace intervals, else each
+        independently with probability ``availability`` (one draw of ``rng`` per client either way, so a trace
+        does not shift the rest of the run's randomness)."""
+        draws = rng.random(len(cids))
+        if self.trace is None:
+            return draws < self.availability
+        return np.asarray(
+            [
+                int(c) not in self.trace or any(a <= t < b for a, b in self.trace[int(c)])
+                for c in cids
+            ],
+            dtype=bool,
+        )

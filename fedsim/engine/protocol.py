@@ -64,10 +64,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ClientTask:
-    """One logical client to train this round, with its own seed (shuffling, dropout, ...)."""
+    """One logical client to train this round, with its own seed (shuffling, dropout, ...).
+
+    ``weight``/``group`` (event-driven strategies): the client's update is summed with weight ``weight`` (instead
+    of its number of examples) into the sum of its ``group`` (clients that arrive at the same server step), so a
+    worker can train clients together that the server will use at different steps.
+    """
 
     cid: int
     seed: int
+    weight: float | None = None
+    group: int | None = None
 
 
 @dataclass
@@ -90,6 +97,8 @@ class WorkerResult:
     update_norms: list[float] = field(default_factory=list)
     """With clipping: the norm the clip saw for each kept client (its update's, or after layer normalisation), in
     ``client_ids`` order (for the clipping statistics of the privacy report and the adaptive clipping count)."""
+    group_sums: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """With grouped tasks: Σ_i w_i (θ_i − θ) per group (``weighted_delta_sum`` is then their total)."""
     client_stats: dict[str, list[float]] = field(default_factory=dict)
     """Per-client diagnostics by name, each in ``client_ids`` order (sample-level DP: the fraction of example
     gradients clipped, their median norm, the signal-to-noise ratio of the noised sums)."""

@@ -4,18 +4,23 @@ The engine owns the loop: it waits (with a deadline) for every worker to registe
 round's clients, sends each worker ONE message with the model and the list of logical clients it must train,
 collects one reply per worker (with a deadline), lets the strategy aggregate, evaluates centrally, and hands
 each round's metrics to a recorder. Randomness comes from numpy generators derived from the scenario seed.
+
+The same loop drives a deployment (``fedsim.deploy``): there each SuperNode owns one logical client
+(``fedsim.engine.placement``), replies are taken as they arrive (a round plan's ``quorum`` closes the round
+early), and a node that disconnects only drops its client.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -28,6 +33,8 @@ from fedsim.engine.messages import (
     encode_prepare_request,
     encode_train_request,
 )
+from fedsim.engine.placement import NodeIdentity, assign, partition_owners, read_node_identity
+from fedsim.engine.placement import shard as shard  # re-exported: the stable sharding rule
 from fedsim.engine.profiles import DeviceProfiles
 from fedsim.engine.protocol import ClientTask, WorkerResult
 from fedsim.engine.setup import (
@@ -40,7 +47,7 @@ from fedsim.engine.setup import (
 )
 from fedsim.errors import EngineError
 from fedsim.scenario import Scenario
-from strategies import ReducedUpdates, Strategy, build_strategy
+from strategies import EventStrategy, ReducedUpdates, build_strategy
 
 if TYPE_CHECKING:
     from fedsim.privacy.plan import PrivacyPlan, Spend
@@ -90,30 +97,65 @@ def wait_for_workers(
     )
 
 
+# Replies Flower's runtime makes itself when the destination cannot answer: the node went away (or the message
+# expired). The client is counted as dropped and the run goes on; every other error stops the run.
+UNAVAILABLE_CODES = frozenset(
+    {
+        ErrorCode.MESSAGE_UNAVAILABLE,
+        ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+        ErrorCode.NODE_UNAVAILABLE,
+        ErrorCode.CLIENT_APP_CRASHED,
+    }
+)
+
+
+def iter_replies(
+    grid: Grid,
+    message_ids: Iterable[str],
+    *,
+    timeout_s: float,
+    poll_s: float = 0.005,
+    max_poll_s: float | None = None,
+) -> Iterator[Message]:
+    """Yield the replies to ``message_ids`` as they arrive, until all have come or ``timeout_s`` passed.
+
+    The caller may stop early (e.g. after the first K replies); nothing more is pulled then. Between empty
+    pulls it sleeps ``poll_s``, doubling up to ``max_poll_s`` (default: no growth). Flower's
+    ``send_and_receive`` polls every 0.1 s and returns only when all replies are in; polling at 5 ms takes up to
+    0.1 s off every simulated round, and growing to 0.1 s spares a remote SuperLink a busy loop.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting, pause = set(message_ids), poll_s
+    while waiting and time.monotonic() < deadline:
+        got = list(grid.pull_messages(sorted(waiting)))
+        waiting -= {r.metadata.reply_to_message_id for r in got}
+        yield from got
+        if waiting and not got:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, max_poll_s or poll_s)
+        elif got:
+            pause = poll_s
+
+
 def collect_replies(
     grid: Grid, message_ids: Iterable[str], *, timeout_s: float, poll_s: float = 0.005
 ) -> list[Message]:
-    """Pull the replies to ``message_ids`` until all have come or ``timeout_s`` passed; return those that came.
-
-    Flower's ``send_and_receive`` polls every 0.1 s; polling at ``poll_s`` takes up to 0.1 s off every round.
-    """
-    deadline = time.monotonic() + timeout_s
-    waiting, replies = set(message_ids), []
-    while waiting and time.monotonic() < deadline:
-        got = list(grid.pull_messages(sorted(waiting)))
-        replies += got
-        waiting -= {r.metadata.reply_to_message_id for r in got}
-        if waiting and not got:
-            time.sleep(poll_s)
-    return replies
+    """Pull the replies to ``message_ids`` until all have come or ``timeout_s`` passed; return those that came."""
+    return list(iter_replies(grid, message_ids, timeout_s=timeout_s, poll_s=poll_s))
 
 
-def shard(client_ids: Iterable[int], node_ids: Sequence[int]) -> dict[int, list[int]]:
-    """Stable sharding rule: logical client ``cid`` lives on worker ``node_ids[cid % len(node_ids)]``."""
-    out: dict[int, list[int]] = {n: [] for n in node_ids}
-    for cid in client_ids:
-        out[node_ids[cid % len(node_ids)]].append(int(cid))
-    return out
+@dataclass
+class RoundReplies:
+    """What came back from one round's messages, and which clients were lost on the way."""
+
+    results: list[WorkerResult]
+    lost_timeout: list[int] = field(default_factory=list)
+    """Clients whose node did not answer before the round deadline."""
+    lost_unavailable: list[int] = field(default_factory=list)
+    """Clients whose node went away (Flower answered for it: node unavailable, ClientApp crashed)."""
+    late: list[int] = field(default_factory=list)
+    """Clients whose reply was not waited for: the round plan's quorum was reached first."""
+    round_trip_s: float = 0.0
 
 
 def client_seed(scenario_seed: int, round: int, cid: int) -> int:
@@ -163,6 +205,9 @@ class Engine:
         expected_workers: how many workers must register before round 1 (None: wait until the count settles,
             for runtimes that decide the number of SuperNodes themselves, e.g. ``flwr run``).
         on_round: called after every round with the metrics row (progress display).
+        placement: how logical clients map to nodes (``fedsim.engine.placement``): ``shard`` (simulation),
+            ``partition`` (deployment: each node owns the client its node config names) or ``auto``.
+        max_poll_s: the longest pause between pulls while waiting for replies (pauses double from 5 ms).
     """
 
     def __init__(
@@ -173,6 +218,8 @@ class Engine:
         expected_workers: int | None,
         on_round: Callable[[Mapping[str, Any]], None] | None = None,
         privacy: tuple[PrivacyPlan, Spend] | None = None,
+        placement: str = "shard",
+        max_poll_s: float = 0.005,
     ) -> None:
         """``privacy``: the scenario's resolved DP plan and spend when the caller has them; for a DP scenario
         without them the engine resolves them and keeps them in ``self.privacy`` (for the report)."""
@@ -182,6 +229,8 @@ class Engine:
         self.expected_workers = expected_workers
         self.on_round = on_round or (lambda row: None)
         self.scenario_dict = scenario.model_dump(mode="json")
+        self.placement = placement
+        self.max_poll_s = max_poll_s
 
     def run(self, grid: Grid) -> RunSummary:
         sc = self.scenario
@@ -192,7 +241,14 @@ class Engine:
         model = build_initial_model(sc, data)
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model_bytes = sum(v.numel() * v.element_size() for v in params.values())
-        strategy: Strategy = build_strategy(sc.strategy)
+        strategy = build_strategy(sc.strategy, sc.population.clients)
+        if isinstance(strategy, EventStrategy):  # FedFix, async FedAvg, FedBuff, sync FedAvg with a deadline
+            from fedsim.engine.event_loop import run_event_loop
+
+            return run_event_loop(
+                self, grid, nodes=nodes, pending_prepare=pending, data=data, model=model, params=params,
+                strategy=strategy,
+            )  # fmt: skip
         if sc.privacy is not None:  # imported here: the accountants cost seconds of start-up to import
             from fedsim.privacy.plan import plan_and_spend
             from strategies.dp import client_level_dp, sample_level_dp
@@ -207,7 +263,8 @@ class Engine:
         profiles = DeviceProfiles.sample(
             sc.population.devices, sc.population.clients, np.random.default_rng([sc.seed, DEVICE_TAG])
         )
-        self._await_prepared(grid, pending)
+        identities = self._await_prepared(grid, pending)
+        owners = partition_owners(identities, population=sc.population.clients, mode=self.placement)
 
         summary = RunSummary(rounds=sc.rounds)
         start = time.monotonic()
@@ -215,11 +272,17 @@ class Engine:
         for rnd in range(1, sc.rounds + 1):
             t0 = time.monotonic()
             rng = np.random.default_rng([sc.seed, SAMPLING_TAG, rnd])
-            online = np.flatnonzero(rng.random(sc.population.clients) < profiles.availability)
+            online = np.flatnonzero(profiles.online(np.arange(sc.population.clients), virtual_time, rng))
+            if owners is not None:  # deployment: only clients whose device is connected now can be selected
+                connected = set(int(n) for n in grid.get_node_ids())
+                online = np.asarray([c for c in online if owners.get(int(c)) in connected], dtype=np.int64)
             plan = strategy.configure_round(state, round=rnd, available=online, rng=rng)
             fails = rng.random(len(plan.client_ids)) < profiles.failure
             started = [c for c, f in zip(plan.client_ids, fails, strict=True) if not f]
-            results, lost, round_trip = self._train_round(grid, nodes, rnd, params, started, plan.config)
+            replies = self._train_round(
+                grid, nodes, rnd, params, started, plan.config, owners=owners, quorum=plan.quorum
+            )
+            results = replies.results
             t_replies = time.monotonic()
             reduced = reduce_replies(results, params)
             agg = strategy.aggregate(state, params, reduced)
@@ -247,7 +310,9 @@ class Engine:
                 "clients": len(trained),
                 "dropped": len(plan.client_ids) - len(trained),
                 "dropped_failure": int(fails.sum()),
-                "dropped_timeout": len(lost),
+                "dropped_timeout": len(replies.lost_timeout),
+                "dropped_unavailable": len(replies.lost_unavailable),
+                "dropped_late": len(replies.late),
                 "dropped_nonfinite": sum(len(r.failed) for r in results),
                 "train_loss": (sum(n * l for n, l in losses) / sum(n for n, _ in losses)) if losses else None,
                 **{k: float(v) for k, v in agg.metrics.items()},
@@ -264,7 +329,7 @@ class Engine:
                 "time_train_s": round(train_s, 4),
                 "time_aggregate_s": round(t_aggregated - t_replies, 4),
                 "time_eval_s": round(done - t_aggregated, 4),
-                "time_round_trip_s": round(round_trip, 4),
+                "time_round_trip_s": round(replies.round_trip_s, 4),
             }
             self.recorder.write_round(row)
             every = sc.output.checkpoint_every
@@ -287,23 +352,26 @@ class Engine:
         ]
         return dict(zip(grid.push_messages(messages), nodes, strict=True))
 
-    def _await_prepared(self, grid: Grid, pending: dict[str, int]) -> list[float]:
-        """Wait (with the round deadline) until every worker is ready; return their preparation seconds.
+    def _await_prepared(self, grid: Grid, pending: dict[str, int]) -> dict[int, NodeIdentity]:
+        """Wait (with the round deadline) until every worker is ready; return what each says about itself
+        (its partition, in deployment).
 
         Raises:
             EngineError: a worker failed to prepare (e.g. its data could not be built) or missed the deadline.
         """
         timeout = self.scenario.engine.round_timeout_s
-        replies = collect_replies(grid, pending, timeout_s=timeout)
+        replies = list(iter_replies(grid, pending, timeout_s=timeout, max_poll_s=self.max_poll_s))
         for reply in replies:
-            if reply.has_error():
-                node = int(reply.metadata.src_node_id)
+            if reply.has_error():  # keyed by message: Flower's own error replies come from node 0
+                node = pending[reply.metadata.reply_to_message_id]
                 raise EngineError(f"worker {node} failed to prepare: {reply.error.reason}")
         if len(replies) < len(pending):
-            answered = {int(r.metadata.src_node_id) for r in replies}
+            answered = {pending[r.metadata.reply_to_message_id] for r in replies}
             late = sorted(n for n in pending.values() if n not in answered)
             raise EngineError(f"engine.round_timeout_s: workers {late} were not ready within {timeout:g} s")
-        return [decode_prepare_reply(r.content) for r in replies]
+        for r in replies:
+            decode_prepare_reply(r.content)  # a reply of the wrong shape fails here, before round 1
+        return {pending[r.metadata.reply_to_message_id]: read_node_identity(r.content) for r in replies}
 
     def _train_round(
         self,
@@ -313,30 +381,46 @@ class Engine:
         params: Mapping[str, torch.Tensor],
         clients: Sequence[int],
         round_config: Mapping[str, Any],
-    ) -> tuple[list[WorkerResult], list[int], float]:
-        """Send one message per worker with clients this round; return replies, clients lost to timeout, and
-        the seconds from sending to the last reply."""
-        messages, by_node = [], shard(clients, nodes)
+        *,
+        owners: Mapping[int, int] | None = None,
+        quorum: int | None = None,
+        tasks: Sequence[ClientTask] | None = None,
+    ) -> RoundReplies:
+        """Send one message per node with clients this round and take the replies as they arrive: all of them,
+        or, with a ``quorum``, until that many clients' results are in (the rest count as late). ``tasks``: the
+        clients' tasks when the caller sets them (event-driven strategies: weights and arrival groups)."""
+        messages, by_node = [], assign(clients, nodes, owners)
+        given = {t.cid: t for t in tasks or ()}
         for node, cids in by_node.items():
             if not cids:
                 continue
-            tasks = [ClientTask(cid=c, seed=client_seed(self.scenario.seed, rnd, c)) for c in cids]
+            tasks_here = [given.get(c) or ClientTask(cid=c, seed=client_seed(self.scenario.seed, rnd, c)) for c in cids]
             content = encode_train_request(
-                scenario=self.scenario_dict, round=rnd, params=params, tasks=tasks, round_config=round_config
+                scenario=self.scenario_dict, round=rnd, params=params, tasks=tasks_here, round_config=round_config
             )
             messages.append(Message(content=content, message_type=MESSAGE_TYPE_TRAIN, dst_node_id=node))
         if not messages:
-            return [], [], 0.0
+            return RoundReplies(results=[])
         sent = time.monotonic()
-        ids = grid.push_messages(messages)
-        replies = collect_replies(grid, ids, timeout_s=self.scenario.engine.round_timeout_s)
-        round_trip = time.monotonic() - sent
-        results, answered = [], set()
-        for reply in replies:
-            node = int(reply.metadata.src_node_id)
-            if reply.has_error():
+        node_of = dict(zip(grid.push_messages(messages), (int(m.metadata.dst_node_id) for m in messages), strict=True))
+        out, answered, unavailable, quorum_met = RoundReplies(results=[]), set(), set(), False
+        timeout = self.scenario.engine.round_timeout_s
+        for reply in iter_replies(grid, node_of, timeout_s=timeout, max_poll_s=self.max_poll_s):
+            node = node_of[reply.metadata.reply_to_message_id]  # Flower's own error replies come from node 0
+            if reply.has_error() and reply.error.code in UNAVAILABLE_CODES:
+                unavailable.add(node)
+            elif reply.has_error():
                 raise EngineError(f"worker {node} failed in round {rnd}: {reply.error.reason}")
-            answered.add(node)
-            results.append(decode_train_reply(reply.content))
-        lost = [c for node, cids in by_node.items() if node not in answered for c in cids]
-        return results, lost, round_trip
+            else:
+                answered.add(node)
+                out.results.append(decode_train_reply(reply.content))
+            if quorum is not None and sum(len(r.client_ids) for r in out.results) >= quorum:
+                quorum_met = True
+                break
+        out.round_trip_s = time.monotonic() - sent
+        for node, cids in by_node.items():
+            if node in unavailable:
+                out.lost_unavailable += cids
+            elif node not in answered:
+                (out.late if quorum_met else out.lost_timeout).extend(cids)
+        return out

@@ -254,7 +254,7 @@ def train_cohort_vectorized(
     """
     device = next(model.parameters()).device
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    acc = CohortAccumulator(global_params, cfg.clip)
+    acc = CohortAccumulator(global_params, cfg.clip, tasks)
     buckets: dict[int, list[ClientTask]] = {}
     for task in tasks:
         n = data.num_examples(task.cid)

@@ -26,6 +26,7 @@ from fedsim.engine.messages import (
     encode_prepare_reply,
     encode_train_reply,
 )
+from fedsim.engine.placement import add_node_identity
 from fedsim.engine.protocol import WorkerResult
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.scenario import parse_scenario
@@ -72,9 +73,10 @@ client_app = ClientApp()
 
 @client_app.query("prepare")
 def prepare(msg: Message, context: Context) -> Message:
-    """Get ready before round 1 (imports, data, model), while the server builds its own side."""
+    """Get ready before round 1 (imports, data, model), while the server builds its own side; say which
+    partition this node owns, if its node config names one (deployment)."""
     seconds = prepare_environment(decode_prepare_request(msg.content))
-    return Message(content=encode_prepare_reply(seconds), reply_to=msg)
+    return Message(content=add_node_identity(encode_prepare_reply(seconds), context.node_config), reply_to=msg)
 
 
 @client_app.train()

@@ -142,10 +142,25 @@ def check_registered_names(scenario: Scenario) -> None:
     from fedsim.engine.cohort import select_cohort_trainer
     from fedsim.errors import UnknownNameError
     from fedsim.models import MODELS
-    from strategies import STRATEGIES
+    from strategies import build_strategy
+    from strategies.asynchronous import RULE_NAMES
     from strategies.server_optimizers import build_server_optimizer
 
-    STRATEGIES.get(scenario.strategy.name)
+    build_strategy(scenario.strategy, scenario.population.clients)  # its arguments, checked by the factory
+    availability = scenario.population.devices.availability
+    if not isinstance(availability, int | float):  # a trace file: read it now, not when the run has started
+        from fedsim.engine.profiles import load_trace
+
+        load_trace(availability.trace, scenario.population.clients)
+    if scenario.strategy.name in RULE_NAMES and scenario.privacy is not None:
+        raise ConfigError(
+            "privacy",
+            f"null with strategy {scenario.strategy.name!r}: this version runs DP with the synchronous "
+            "FedAvg family only (an event-driven step is not a Poisson sample of clients, so the accountants' "
+            "amplification does not hold, and which clients share a FedBuff or deadline step depends on "
+            "the others' presence)",
+            scenario.privacy.level,
+        )
     build_server_optimizer(
         {"name": scenario.strategy.server_optimizer.name, **scenario.strategy.server_optimizer.kwargs()}
     )

@@ -7,6 +7,7 @@ Cross-field rules (e.g. ``clients_per_round <= population.clients``) live on :cl
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -52,13 +53,48 @@ class DataConfig(_Frozen):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
 
+class AvailabilityTrace(_Frozen):
+    """Online intervals per client from a CSV file with the header ``client,start_s,end_s`` (virtual seconds).
+
+    A client listed in the file is online exactly within its intervals; a client not listed is always online.
+    """
+
+    trace: str
+
+
 class DevicesConfig(_Frozen):
-    """Heterogeneity of the population; quantities are samples/s and bytes/s."""
+    """Heterogeneity of the population; quantities are samples/s and bytes/s.
+
+    ``profile: F-X`` replaces speed and bandwidth by the deterministic durations of Fraboni et al.:
+    τ_i = 1 − i·(X/100)/(M−1) virtual seconds per local run (client 0 slowest, the fastest X% faster).
+    """
 
     speed: Distribution = Distribution(dist="constant", value=100.0)
     bandwidth: Distribution = Distribution(dist="constant", value=1.0e7)
-    availability: float = Field(default=1.0, ge=0.0, le=1.0)
+    availability: float | AvailabilityTrace = Field(default=1.0)
     failure: float = Field(default=0.0, ge=0.0, lt=1.0)
+    profile: str | None = None
+
+    @field_validator("availability", mode="before")
+    @classmethod
+    def _availability_is_a_probability(cls, v: Any) -> Any:
+        ok_number = isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+        ok_trace = isinstance(v, dict) and set(v) == {"trace"} and isinstance(v["trace"], str)
+        if not (ok_number or ok_trace or isinstance(v, AvailabilityTrace)):
+            raise ValueError(f"must be a probability in [0, 1] or {{trace: <csv path>}}. Got {v!r}")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_is_f_x(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"F-(100|[1-9]?[0-9])(\.[0-9]+)?", v):
+            raise ValueError(f"must be 'F-X' with X a percentage in [0, 100] (e.g. F-80). Got {v!r}")
+        return v
+
+    @property
+    def f_x(self) -> float | None:
+        """X of an ``F-X`` profile (None without one)."""
+        return None if self.profile is None else float(self.profile[2:])
 
 
 class PopulationConfig(_Frozen):

@@ -23,8 +23,10 @@ class LocalGrid(Grid):
         *,
         drop: Callable[[int, int], bool] | None = None,
         fail: Callable[[int, int], bool] | None = None,
+        node_configs: dict[int, dict] | None = None,
     ) -> None:
         self.node_ids = list(node_ids)
+        self.node_configs = node_configs or {}  # node -> its --node-config (deployment: partition-id=...)
         self.sent: list[tuple[int, int]] = []  # (round, node) of train messages
         self.prepared: list[int] = []  # nodes sent a prepare message
         self.drop = drop or (lambda rnd, node: False)
@@ -56,7 +58,13 @@ class LocalGrid(Grid):
                 msg.metadata.__dict__["_message_id"] = ids[
                     -1
                 ]  # as Flower's grid does when it stores a message
-                ctx = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
+                ctx = Context(
+                    run_id=1,
+                    node_id=node,
+                    node_config=self.node_configs.get(node, {}),
+                    state=RecordDict(),
+                    run_config={},
+                )
                 self._replies[ids[-1]] = worker_prepare(msg, ctx)
                 continue
             rnd = int(msg.content.config_records["fedsim.config"]["round"])
@@ -69,7 +77,13 @@ class LocalGrid(Grid):
             if self.fail(rnd, node):
                 self._replies[msg_id] = Message(Error(code=0, reason="boom"), reply_to=msg)
                 continue
-            ctx = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
+            ctx = Context(
+                run_id=1,
+                node_id=node,
+                node_config=self.node_configs.get(node, {}),
+                state=RecordDict(),
+                run_config={},
+            )
             self._replies[msg_id] = worker_train(msg, ctx)
         return ids
 

@@ -66,14 +66,16 @@ def test_results_do_not_depend_on_the_number_of_workers():
 
 def test_a_worker_that_does_not_answer_is_counted_as_dropped_and_the_run_goes_on():
     grid = LocalGrid([1, 2], drop=lambda rnd, node: rnd == 2 and node == 1)
-    _, rec, _ = run({"engine": {"round_timeout_s": 0.5}}, grid=grid)
+    _, rec, _ = run({"engine": {"round_timeout_s": 2.0}}, grid=grid)
     r2 = rec.rows[1]
     assert r2["dropped_timeout"] > 0 and r2["dropped"] == r2["dropped_timeout"]
     assert r2["clients"] == 6 - r2["dropped"]
     assert len(rec.rows) == 4
     # the round waited for the deadline, not longer; rounds with every reply did not wait for it
-    assert 0.5 <= r2["time_round_trip_s"] < 2.0
-    assert all(r["time_round_trip_s"] < 0.5 for r in rec.rows if r["round"] != 2)
+    assert 2.0 <= r2["time_round_trip_s"] < 6.0
+    # (training time aside: the first training call of a process also imports torch's compiler stack, ~2 s;
+    # the margin is for a loaded 2-core machine)
+    assert all(r["time_round_trip_s"] - r["time_train_s"] < 2.0 for r in rec.rows if r["round"] != 2)
 
 
 def test_worker_error_stops_the_run_with_a_clear_message():

@@ -1,0 +1,25 @@
+# The fedsim app: Flower's official SuperExec image plus fedsim. It runs the ServerApp (next to the SuperLink)
+# and each ClientApp (next to its SuperNode) with `--isolation process`, as Flower documents for 1.2x+, and the
+# compose file's one-shot services (certificates, key registration, run submission).
+# Build from the repository root: docker build -f docker/fedsim.Dockerfile -t fedsim-app .
+FROM flwr/superexec:1.41.0
+
+USER root
+# A place for the deployment's certificates and keys that the app user may write (a named volume mounts here).
+RUN mkdir -p /certs /results && chown app:app /certs /results
+USER app
+
+WORKDIR /app
+COPY --chown=app:app pyproject.toml README.md ./
+COPY --chown=app:app fedsim ./fedsim
+COPY --chown=app:app strategies ./strategies
+COPY --chown=app:app clients ./clients
+COPY --chown=app:app scenarios ./scenarios
+# Installed once here (editable: `fedsim deploy` submits this source tree as the Flower App), so runs need no
+# per-run dependency installation.
+RUN python -m pip install --no-cache-dir -e .
+
+ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+    FLWR_TELEMETRY_ENABLED=0
+
+ENTRYPOINT ["flower-superexec"]
