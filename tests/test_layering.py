@@ -20,6 +20,7 @@ import pytest
         "fedsim.privacy.report",
         "fedsim.privacy.client_level",
         "fedsim.privacy.sample_level",
+        "fedsim.gossip",
     ],
 )
 def test_core_modules_import_neither_flwr_nor_ray(module):
