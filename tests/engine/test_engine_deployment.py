@@ -55,9 +55,9 @@ class RecordingGrid(LocalGrid):
         now = time.monotonic()
         for msg_id, msg in zip(ids, messages, strict=True):
             node = msg.metadata.dst_node_id
-            self.ready_at[msg_id] = now + (self.delay_s if node in self.slow else 0.0)
             cfg = msg.content.config_records.get("fedsim.config")
-            if cfg is not None and "client_ids" in cfg:
+            if cfg is not None and "client_ids" in cfg:  # slow devices train slowly; they get ready at once
+                self.ready_at[msg_id] = now + (self.delay_s if node in self.slow else 0.0)
                 rnd = int(cfg["round"])
                 self.clients_sent.append((rnd, node, [int(c) for c in cfg["client_ids"]]))
                 if self.unavailable(rnd, node):  # what the SuperLink answers for a node that went away
