@@ -3,7 +3,7 @@
 Why this module exists: the privacy spec's sample-level DP clips every example's gradient to C and adds N(0, σ²C²)
 per step "as Opacus does", on two paths: the sequential one through Opacus, the vectorised one through
 ``torch.func``. This module holds the vectorised parts — :func:`per_sample_grads` (``vmap(grad)`` over the examples
-and, with ``batch_dims=1``, over a stacked ``[K, ...]`` cohort) and :func:`privatize` (Opacus' ``DPOptimizer``
+and, with ``batch_dims=1``, over a stacked ``[K, ...]`` cohort) and :func:`dp_sgd_aggregate` (Opacus' ``DPOptimizer``
 aggregation written out: its clip factor, its noise draws, its mean scaling) — and :func:`opacus_private_grads`,
 Opacus itself on one batch, so the two are tested against each other.
 
@@ -99,50 +99,6 @@ class PrivateGrads(NamedTuple):
     """‖Σ_i clip(g_i)‖ before the noise: a scalar, or ``[K]`` with a cohort (the signal of the signal-to-noise)."""
 
 
-def privatize(
-    grads: Mapping[str, torch.Tensor],
-    *,
-    mask: torch.Tensor | None,
-    max_norm: float,
-    noise_multiplier: float,
-    expected_batch_size: float | torch.Tensor,
-    generator: torch.Generator | Sequence[torch.Generator],
-    batch_dims: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Opacus' DP-SGD aggregate of per-example gradients: clip to C, sum, add N(0, σ²C²), divide by the batch size.
-
-    ``grads`` are per-example gradients ``[B, *shape]`` (``[K, B, *shape]`` with ``batch_dims=1``: every client is
-    clipped and summed on its own). ``mask`` (``[B]`` or ``[K, B]``, nonzero = real example) drops padding rows;
-    masked rows must still be finite. Noise: for each tensor in ``grads``' order, ``torch.normal(0, σC,
-    generator=...)`` draws on the CPU — with one generator, of the summed shape (``[*shape]``, or the whole
-    ``[K, *shape]`` with a cohort, so a one-client stack draws exactly what the unstacked call draws); with one
-    generator per client (a sequence of K), client k's ``[*shape]`` from its own generator, so each client gets
-    exactly the noise Opacus would draw for it alone. ``expected_batch_size`` is one number or, with a cohort, a
-    ``[K]`` tensor. The result is ``(Σ_i clip(g_i) + noise) / expected_batch_size`` in the gradients' dtype; see
-    the module docstring for how each step follows Opacus' ``DPOptimizer``.
-
-    Raises:
-        ValueError: if ``max_norm`` or ``expected_batch_size`` is not positive and finite, ``noise_multiplier``
-            is not finite and >= 0, a generator is not a CPU ``torch.Generator`` (or a sequence of them is not
-            one per client), ``batch_dims`` is not 0 or 1, ``grads`` is empty, or a tensor's or the mask's
-            leading axes disagree.
-
-    References:
-        Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, arXiv 1607.00133; Yousefpour et al.,
-        "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021, arXiv 2109.12298
-        (``DPOptimizer.clip_and_accumulate`` / ``add_noise`` / ``scale_grad``).
-    """
-    return dp_sgd_aggregate(
-        grads,
-        mask=mask,
-        max_norm=max_norm,
-        noise_multiplier=noise_multiplier,
-        expected_batch_size=expected_batch_size,
-        generator=generator,
-        batch_dims=batch_dims,
-    ).grads
-
-
 BATCH_SAMPLING_TAG, NOISE_TAG = 1, 2
 """Tags of a client's two DP-SGD random streams derived from its task seed (insecure mode only)."""
 
@@ -220,7 +176,30 @@ def dp_sgd_aggregate(
     generator: torch.Generator | Sequence[torch.Generator],
     batch_dims: int = 0,
 ) -> PrivateGrads:
-    """:func:`privatize`, also returning every example's gradient norm before clipping (for diagnostics)."""
+    """Opacus' DP-SGD aggregate of per-example gradients: clip to C, sum, add N(0, σ²C²), divide by the batch size.
+
+    ``grads`` are per-example gradients ``[B, *shape]`` (``[K, B, *shape]`` with ``batch_dims=1``: every client is
+    clipped and summed on its own). ``mask`` (``[B]`` or ``[K, B]``, nonzero = real example) drops padding rows;
+    masked rows must still be finite. Noise: for each tensor in ``grads``' order, ``torch.normal(0, σC,
+    generator=...)`` draws on the CPU — with one generator, of the summed shape (``[*shape]``, or the whole
+    ``[K, *shape]`` with a cohort, so a one-client stack draws exactly what the unstacked call draws); with one
+    generator per client (a sequence of K), client k's ``[*shape]`` from its own generator, so each client gets
+    exactly the noise Opacus would draw for it alone. ``expected_batch_size`` is one number or, with a cohort, a
+    ``[K]`` tensor. The result's ``grads`` are ``(Σ_i clip(g_i) + noise) / expected_batch_size`` in the gradients' dtype, with
+    every example's norm before clipping and ‖Σ clip(g_i)‖ for diagnostics; see
+    the module docstring for how each step follows Opacus' ``DPOptimizer``.
+
+    Raises:
+        ValueError: if ``max_norm`` or ``expected_batch_size`` is not positive and finite, ``noise_multiplier``
+            is not finite and >= 0, a generator is not a CPU ``torch.Generator`` (or a sequence of them is not
+            one per client), ``batch_dims`` is not 0 or 1, ``grads`` is empty, or a tensor's or the mask's
+            leading axes disagree.
+
+    References:
+        Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, arXiv 1607.00133; Yousefpour et al.,
+        "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021, arXiv 2109.12298
+        (``DPOptimizer.clip_and_accumulate`` / ``add_noise`` / ``scale_grad``).
+    """
     _check_aggregate_args(grads, max_norm, noise_multiplier, expected_batch_size, generator, batch_dims)
     lead = next(iter(grads.values())).shape[: batch_dims + 1]  # client axes + the example axis
     for name, g in grads.items():

@@ -224,10 +224,9 @@ class EventSchedule:
 
     def initial(self) -> tuple[list[Dispatch], list[int]]:
         """The runs started at tick 0 (from version 0) and the clients found offline."""
-        clients = range(len(self.p))
         if self.rule.name == "fedavg_sync":
             return self._sync_cohort(0, 0)
-        return self._launch(list(clients), 0, 0)
+        return self._launch(list(range(len(self.p))), 0, 0)
 
     def _sync_cohort(self, tick: int, version: int) -> tuple[list[Dispatch], list[int]]:
         k = min(len(self.p), math.ceil(self.rule.cohort * (1 + self.rule.over_selection)))

@@ -123,10 +123,19 @@ class CohortAccumulator:
         weights = torch.tensor(chosen, dtype=torch.float64, device=device) * ok
         for k, d in deltas.items():
             self.delta_sum[k] += torch.tensordot(weights.to(d.dtype), d, dims=1).double().cpu()
-        for group in sorted({self.groups[c] for c in cids if c in self.groups}):
-            member = torch.tensor([self.groups.get(c) == group for c in cids], device=device)
-            w = weights * member
-            self._add_to_group_sum(group, {k: torch.tensordot(w.to(d.dtype), d, dims=1) for k, d in deltas.items()})
+        grouped = [i for i, c in enumerate(cids) if c in self.groups]
+        if grouped:  # one pass over the stack: each client's weighted update added to its group's row
+            groups = sorted({self.groups[cids[i]] for i in grouped})
+            row = {g: j for j, g in enumerate(groups)}
+            index = torch.tensor([row[self.groups[cids[i]]] for i in grouped], device=device)
+            members = torch.tensor(grouped, device=device)
+            w = weights[members]
+            for k, d in deltas.items():
+                scaled = d[members] * w.to(d.dtype).view(-1, *([1] * (d.dim() - 1)))
+                sums = torch.zeros((len(groups), *d.shape[1:]), dtype=d.dtype, device=device)
+                sums.index_add_(0, index, scaled)
+                for g, j in row.items():
+                    self._add_to_group_sum(g, {k: sums[j]})
         norm_list = norms.tolist() if norms is not None else [None] * len(cids)
         stats = stats or {}
         for i, (cid, good, n, loss, norm) in enumerate(

@@ -28,6 +28,10 @@ CohortTrainer = Callable[
 ]
 
 
+LocalTrainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, ClientTask], tuple[int, float, dict[str, float]]]
+"""Trains one client in place; returns its examples, mean loss and diagnostics."""
+
+
 def train_cohort_sequential(
     model: nn.Module,
     global_params: Mapping[str, torch.Tensor],
@@ -39,16 +43,23 @@ def train_cohort_sequential(
 
     Training runs on the model's device (``engine.device``); the reply is on the CPU. A client whose new
     weights are not finite is left out and listed in ``failed`` (the run goes on). Only floating-point entries
-    of the state dict are averaged; integer buffers keep the global value.
+    of the state dict are averaged; integer buffers keep the global value. With sample-level DP each client
+    runs DP-SGD through Opacus.
     """
     device = next(model.parameters()).device
     acc = CohortAccumulator(global_params, cfg.clip, tasks)
-    if cfg.sample_dp is not None:
-        _train_dp_sequential(model, global_params, tasks, data, cfg, acc)
-        return acc.finish()
+    train_one = _dp_sgd_trainer(cfg) if cfg.sample_dp is not None else _sgd_trainer(cfg)
     for task in tasks:
         model.load_state_dict(global_params, strict=True)
         x, y = (t.to(device) for t in data.client_data(task.cid))
+        n, loss, stats = train_one(model, x, y, task)
+        if n:
+            acc.add(task.cid, model.state_dict(), n, loss, stats)
+    return acc.finish()
+
+
+def _sgd_trainer(cfg: TrainConfig) -> LocalTrainer:
+    def train_one(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: ClientTask):
         local = train_local(
             model,
             x,
@@ -59,29 +70,20 @@ def train_cohort_sequential(
             optimizer_args=cfg.optimizer_args,
             generator=torch.Generator().manual_seed(task.seed),
         )
-        if local.num_examples:
-            acc.add(task.cid, model.state_dict(), local.num_examples, local.mean_loss)
-    return acc.finish()
+        return local.num_examples, local.mean_loss, {}
+
+    return train_one
 
 
-def _train_dp_sequential(
-    model: nn.Module,
-    global_params: Mapping[str, torch.Tensor],
-    tasks: Sequence[ClientTask],
-    data: FederatedData,
-    cfg: TrainConfig,
-    acc: CohortAccumulator,
-) -> None:
-    """Sample-level DP: each client's DP-SGD through Opacus (``clients.local_dp_sgd``), folded into ``acc``."""
+def _dp_sgd_trainer(cfg: TrainConfig) -> LocalTrainer:
+    """Sample-level DP: each client's DP-SGD through Opacus (``clients.local_dp_sgd``)."""
     from clients.dp_sgd import client_dp_generators  # opacus: imported by DP runs only
     from clients.local_dp_sgd import train_local_dp
 
     dp = cfg.sample_dp
     assert dp is not None
-    device = next(model.parameters()).device
-    for task in tasks:
-        model.load_state_dict(global_params, strict=True)
-        x, y = (t.to(device) for t in data.client_data(task.cid))
+
+    def train_one(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: ClientTask):
         sampling, noise = client_dp_generators(task.seed, secure=dp.secure)
         local = train_local_dp(
             model,
@@ -96,8 +98,9 @@ def _train_dp_sequential(
             sample_generator=sampling,
             noise_generator=noise,
         )
-        if local.num_examples:
-            acc.add(task.cid, model.state_dict(), local.num_examples, local.mean_loss, local.stats)
+        return local.num_examples, local.mean_loss, local.stats
+
+    return train_one
 
 
 def select_cohort_trainer(vectorize: str, model: nn.Module, cfg: TrainConfig) -> CohortTrainer:

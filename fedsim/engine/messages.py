@@ -8,6 +8,7 @@ logical clients) and deployment (a device hosts one).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,7 +165,7 @@ def decode_train_request(content: RecordDict) -> TrainRequest:
         round=int(cfg[ROUND]),  # type: ignore[arg-type]
         params=dict(content.array_records[PARAMS].to_torch_state_dict()),
         tasks=tuple(
-            ClientTask(cid=c, seed=s, weight=None if w != w else w, group=None if g < 0 else g)
+            ClientTask(cid=c, seed=s, weight=None if math.isnan(w) else w, group=None if g < 0 else g)
             for c, s, w, g in zip(ids, seeds, weights, groups, strict=True)
         ),
         round_config=json.loads(str(cfg.get(ROUND_CONFIG_JSON, "{}"))),

@@ -1,4 +1,4 @@
-"""Sample-level DP-SGD: ``torch.func`` per-example gradients and ``privatize`` against Opacus, masks, cohorts, laws.
+"""Sample-level DP-SGD: ``torch.func`` per-example gradients and ``dp_sgd_aggregate`` against Opacus, masks, cohorts, laws.
 
 Oracles: a loop of single-example ``torch.autograd.grad`` calls (per-example gradients); Opacus 1.6's
 ``GradSampleModule`` + ``DPOptimizer`` on the same batch and the same generator seed (the privatised gradient);
@@ -18,10 +18,15 @@ from hypothesis import example, given, settings
 from opacus import GradSampleModule
 from torch import nn
 
-from clients.dp_sgd import opacus_private_grads, per_sample_grads, privatize
+from clients.dp_sgd import dp_sgd_aggregate, opacus_private_grads, per_sample_grads
 from fedsim.gradcore import global_norm, seeded_generator
 
 B = 8
+
+
+def privatize(grads, **kw):
+    """The privatised gradients alone."""
+    return dp_sgd_aggregate(grads, **kw).grads
 
 
 def _mlp() -> nn.Module:

@@ -47,6 +47,12 @@ class LocalGrid(Grid):
     def get_node_ids(self):
         return list(self.node_ids)
 
+    def _context(self, node: int) -> Context:
+        """What a SuperNode's ClientApp gets: its node id and ``--node-config``."""
+        return Context(
+            run_id=1, node_id=node, node_config=self.node_configs.get(node, {}), state=RecordDict(), run_config={}
+        )
+
     def push_messages(self, messages):
         """Deliver each message to the worker now; keep its reply (unless dropped) under a new id."""
         ids = []
@@ -58,14 +64,7 @@ class LocalGrid(Grid):
                 msg.metadata.__dict__["_message_id"] = ids[
                     -1
                 ]  # as Flower's grid does when it stores a message
-                ctx = Context(
-                    run_id=1,
-                    node_id=node,
-                    node_config=self.node_configs.get(node, {}),
-                    state=RecordDict(),
-                    run_config={},
-                )
-                self._replies[ids[-1]] = worker_prepare(msg, ctx)
+                self._replies[ids[-1]] = worker_prepare(msg, self._context(node))
                 continue
             rnd = int(msg.content.config_records["fedsim.config"]["round"])
             self.sent.append((rnd, node))
@@ -77,14 +76,7 @@ class LocalGrid(Grid):
             if self.fail(rnd, node):
                 self._replies[msg_id] = Message(Error(code=0, reason="boom"), reply_to=msg)
                 continue
-            ctx = Context(
-                run_id=1,
-                node_id=node,
-                node_config=self.node_configs.get(node, {}),
-                state=RecordDict(),
-                run_config={},
-            )
-            self._replies[msg_id] = worker_train(msg, ctx)
+            self._replies[msg_id] = worker_train(msg, self._context(node))
         return ids
 
     def pull_messages(self, message_ids):
