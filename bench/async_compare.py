@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=150, help="about this many evaluations per arm")
     args = parser.parse_args()
 
+    started = time.monotonic()
     base = load_scenario(args.scenario).model_dump(mode="json")
     per_client = base["data"]["args"]["num_samples"] / base["population"]["clients"]
     for m in args.clients:
@@ -80,6 +81,7 @@ def main() -> None:
         title = f"{base['name']}: M = {m}, F-{base['population']['devices']['profile'][2:]}"
         files = write_comparison(curves, Path(args.out) / f"M{m}", title=title)
         print(f"\n## {title}\n\n{table(curves)}\n\nplot: {files['png']}\n")
+    print(f"all arms: {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,19 @@ def test_a_population_that_is_all_offline_still_advances():
 def test_bad_arguments_name_the_field(name, args, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         make_rule(name, args, clients_per_round=10, population=10)
+
+
+def test_strategy_args_horizon_and_uniform_weights():
+    from fedsim.scenario.schema import StrategyConfig
+    from strategies import build_strategy
+
+    cfg = StrategyConfig(name="fedbuff", clients_per_round=10, args={"buffer": 5, "horizon_s": 10, "weights": "uniform"})
+    strategy = build_strategy(cfg, 10)
+    assert strategy.p([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) == [0.1] * 10  # uniform, whatever the sizes
+    assert build_strategy(StrategyConfig(name="fedbuff", args={"buffer": 5}), 10).p([1] * 9 + [11]) == pytest.approx(
+        [0.05] * 9 + [0.55]
+    )  # data: proportional to examples
+    steps = list(strategy.schedule(examples=[1] * M, durations=TAUS).steps())[1:]
+    assert steps[-1].tick >= to_ticks(10) > steps[-2].tick  # stops at the first step at or past the horizon
+    with pytest.raises(ConfigError, match=r"strategy\.args\.horizon_s"):
+        build_strategy(StrategyConfig(name="fedfix", args={"horizon_s": -1}), 10)
