@@ -1,7 +1,9 @@
 """An in-process Flower ``Grid`` for Ray-free engine tests.
 
-``LocalGrid`` delivers each message straight to fedsim's worker function (the same code a SuperNode runs)
-and records what was sent, so tests can check the one-message-per-worker-per-round rule, drops and errors.
+``LocalGrid`` delivers each message straight to fedsim's ClientApp (the same code a SuperNode runs, dispatched
+by message type) with one persistent ``Context`` per node (as a SuperNode keeps its ``context.state`` between
+messages of a run), and records what was sent, so tests can check the one-message-per-worker-per-round rule,
+drops and errors.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.engine.messages import MESSAGE_TYPE_PREPARE
-from fedsim.engine.worker import prepare as worker_prepare
-from fedsim.engine.worker import train as worker_train
+from fedsim.engine.worker import client_app
 
 
 class LocalGrid(Grid):
@@ -32,6 +33,7 @@ class LocalGrid(Grid):
         self.drop = drop or (lambda rnd, node: False)
         self.fail = fail or (lambda rnd, node: False)
         self._replies: dict[str, Message] = {}
+        self._contexts: dict[int, Context] = {}
         self._run = None
 
     def set_run(self, run):
@@ -48,10 +50,16 @@ class LocalGrid(Grid):
         return list(self.node_ids)
 
     def _context(self, node: int) -> Context:
-        """What a SuperNode's ClientApp gets: its node id and ``--node-config``."""
-        return Context(
-            run_id=1, node_id=node, node_config=self.node_configs.get(node, {}), state=RecordDict(), run_config={}
-        )
+        """What a SuperNode's ClientApp gets: its node id, ``--node-config`` and its state, kept across messages."""
+        if node not in self._contexts:
+            self._contexts[node] = Context(
+                run_id=1, node_id=node, node_config=self.node_configs.get(node, {}), state=RecordDict(), run_config={}
+            )
+        return self._contexts[node]
+
+    def forget_state(self, node: int) -> None:
+        """Lose a node's ``context.state`` (a SuperNode that restarted)."""
+        self._contexts.pop(node, None)
 
     def push_messages(self, messages):
         """Deliver each message to the worker now; keep its reply (unless dropped) under a new id."""
@@ -64,7 +72,7 @@ class LocalGrid(Grid):
                 msg.metadata.__dict__["_message_id"] = ids[
                     -1
                 ]  # as Flower's grid does when it stores a message
-                self._replies[ids[-1]] = worker_prepare(msg, self._context(node))
+                self._replies[ids[-1]] = client_app(msg, self._context(node))
                 continue
             rnd = int(msg.content.config_records["fedsim.config"]["round"])
             self.sent.append((rnd, node))
@@ -76,7 +84,7 @@ class LocalGrid(Grid):
             if self.fail(rnd, node):
                 self._replies[msg_id] = Message(Error(code=0, reason="boom"), reply_to=msg)
                 continue
-            self._replies[msg_id] = worker_train(msg, self._context(node))
+            self._replies[msg_id] = client_app(msg, self._context(node))
         return ids
 
     def pull_messages(self, message_ids):
