@@ -53,7 +53,11 @@ class LocalGrid(Grid):
         """What a SuperNode's ClientApp gets: its node id, ``--node-config`` and its state, kept across messages."""
         if node not in self._contexts:
             self._contexts[node] = Context(
-                run_id=1, node_id=node, node_config=self.node_configs.get(node, {}), state=RecordDict(), run_config={}
+                run_id=1,
+                node_id=node,
+                node_config=self.node_configs.get(node, {}),
+                state=RecordDict(),
+                run_config={},
             )
         return self._contexts[node]
 
