@@ -19,6 +19,10 @@ from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
 from fedsim.scenario.load import check_registered_names
 
+SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_accuracy_mean", "test_accuracy_avg_model")
+"""The last row's metrics the closing line shows, when the run's rows have them (a regression run has no
+accuracy; a gossip run reports node and average-model accuracies)."""
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -30,14 +34,11 @@ class RunOutcome:
 
     def summary_line(self) -> str:
         row = self.summary.last_row
-        acc, loss = row.get("test_accuracy"), row.get("test_loss")
+        shown = "".join(f" {k}={row[k]:.4f}" for k in SUMMARY_METRICS if isinstance(row.get(k), int | float))
         eps = "".join(
             f" epsilon_{k[len('epsilon_') :]}={v:.3f}" for k, v in row.items() if k.startswith("epsilon_")
         )
-        return (
-            f"done: rounds={self.summary.rounds} test_accuracy={acc:.4f} test_loss={loss:.4f}{eps} "
-            f"wall_s={self.wall_s:.1f} results={self.path}"
-        )
+        return f"done: rounds={self.summary.rounds}{shown}{eps} wall_s={self.wall_s:.1f} results={self.path}"
 
 
 class _ProgressDisplay:
@@ -71,9 +72,11 @@ class _ProgressDisplay:
             self.progress.stop()
 
     def __call__(self, row: Mapping[str, Any]) -> None:
-        acc = row.get("test_accuracy")
+        acc = row.get("test_accuracy", row.get("test_accuracy_mean"))
         status = f"acc={acc:.3f} " if acc is not None else ""
-        status += f"clients={row['clients']} dropped={row['dropped']}"
+        if acc is None and row.get("test_loss") is not None:
+            status = f"test_loss={row['test_loss']:.4g} "
+        status += " ".join(f"{k}={row[k]}" for k in ("clients", "dropped") if k in row)
         if self.progress:
             self.progress.update(self.task, completed=row["round"], description="round", status=status)
         elif row["round"] % self.every == 0 or row["round"] == self.rounds:
