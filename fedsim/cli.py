@@ -202,7 +202,12 @@ def validate(
             typer.echo(f"fedsim: error: {exc}", err=True)
             bad += 1
         else:
-            typer.echo(f"{path}: ok ({sc.name}: {sc.rounds} rounds, {sc.population.clients} clients)")
+            length = (
+                f"{sc.gossip_settings.ticks} ticks, {sc.population.clients} nodes"
+                if sc.strategy.name == "gossip"
+                else f"{sc.rounds} rounds, {sc.population.clients} clients"
+            )
+            typer.echo(f"{path}: ok ({sc.name}: {length})")
     if bad:
         raise typer.Exit(2)
 

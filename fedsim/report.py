@@ -80,7 +80,8 @@ def write_report(
         "",
         "| metric | value |",
         "|---|---|",
-        f"| rounds | {len(rows)} of {scenario.rounds} |",
+        f"| {'evaluations' if scenario.strategy.name == 'gossip' else 'rounds'} | "
+        f"{rows[-1].get('round', len(rows)) if rows else 0} of {scenario.planned_rounds} |",
         f"| final test accuracy | {fmt(last_eval.get('test_accuracy'))} |",
         f"| best test accuracy | {fmt(best)} |",
         f"| final test loss | {fmt(last_eval.get('test_loss'))} |",

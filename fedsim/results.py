@@ -66,7 +66,7 @@ class RunDir:
         torch.save(payload, tmp)
         target = self.path / "checkpoints" / f"round-{round}.pt"
         tmp.replace(target)
-        if round == self.scenario.rounds:
+        if round == self.scenario.planned_rounds:
             torch.save(dict(params), self.path / "model.pt")
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
 from fedsim.scenario.load import check_registered_names
 
-SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_accuracy_mean", "test_accuracy_avg_model")
+SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_accuracy_avg_model")
 """The last row's metrics the closing line shows, when the run's rows have them (a regression run has no
 accuracy; a gossip run reports node and average-model accuracies)."""
 
@@ -114,7 +114,7 @@ def run_scenario(
     run_dir = RunDir(path, scenario)
     console = Console(file=sys.stderr, quiet=not show_progress)
     try:
-        with _ProgressDisplay(console, scenario.rounds) as display:
+        with _ProgressDisplay(console, scenario.planned_rounds) as display:
             summary = simulate(scenario, run_dir, on_round=display, privacy=privacy)
     except BaseException:
         run_dir.close()

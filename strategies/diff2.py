@@ -1,32 +1,36 @@
-"""DIFF2-GD's server recursion, Ray-free and Flower-free: the mathematical core of issue 9, and DP-GD beside it.
+"""DIFF2-GD's server recursion, Ray-free and Flower-free: the mathematical core of issue 9, DP-GD beside it, and
+the typed strategy objects the engine runs (``diff2``, ``dp_gd``).
 
 Why this module exists: DIFF2 keeps a running gradient estimate v built from clipped, noised *differences* of
 per-example gradients between consecutive iterates. A difference is small when the iterates move little, so its
 clip radius C2·‖x_{r−1} − x_{r−2}‖, and the noise scaled to it, are small too; every T rounds the estimate restarts
 from a clipped, noised full gradient. This module holds that recursion over P clients' per-example gradients
-(callables ``x -> [n_p, d]``) with the project's clip (``clip_by_global_norm``) and noise
-(``add_gaussian_noise``) transforms, the DP-GD baseline, and the sequence of Gaussian mechanisms a run releases so
-the project's accountants can compose it. The engine strategy (clients on workers keeping x_{r−2}) is not here.
+(callables ``x -> [n_p, d]``) with the project's clip (``clip_by_global_norm``) and noise (``add_gaussian_noise``)
+transforms, the DP-GD baseline, and the sequence of Gaussian mechanisms a run releases so the project's
+accountants can compose it. A round is split in two (``plan_round``, ``finish_round``) so that the engine
+(``fedsim.engine.diff2_loop``), whose clients compute their clipped means on workers, runs the same server math.
 
-The recursion (``/work/shared/specs/strategies.md``, "DIFF2"; the paper's Algorithm 1 with the GD routine)::
+The equations used (the spec's DIFF2 block, ``/work/shared/specs/strategies.md``, which summarises the paper's
+Algorithm 1 with the GD routine; the paper's own text could not be read in the sessions that wrote this module:
+the search tools returned only its abstract, so the spec's summary is the source), with the noise placed once on
+the aggregate at the server (central DP)::
 
     ClippedMean_p({g_z}, C) = (1/n_p) Σ_z g_z · min(1, C/‖g_z‖)              (‖g_z‖ = 0 and C = 0 give 0)
     round r, if (r − 1) mod T == 0 (restart; r = 1, T+1, 2T+1, ...):
-        v_r = (1/P) Σ_p [ClippedMean_p(∇ℓ(x_{r−1}; z), C1) + N(0, (σ1·C1/n_p)² I)]
+        v_r = (1/P) Σ_p ClippedMean_p(∇ℓ(x_{r−1}; z), C1) + N(0, (σ1·C1/(P·n_min))² I)
     else:  C2,r = C2·‖x_{r−1} − x_{r−2}‖
-        v_r = v_{r−1} + (1/P) Σ_p [ClippedMean_p(∇ℓ(x_{r−1}; z) − ∇ℓ(x_{r−2}; z), C2,r) + N(0, (σ2·C2,r/n_p)² I)]
+        v_r = v_{r−1} + (1/P) Σ_p ClippedMean_p(∇ℓ(x_{r−1}; z) − ∇ℓ(x_{r−2}; z), C2,r)
+                      + N(0, (σ2·C2,r/(P·n_min))² I)
     x_r = x_{r−1} − η·v_r
 
-Choices made here, not confirmed from the paper's text (it could not be read in this session; see
-``docs/diff2.md``): σ1, σ2 are *noise multipliers* (noise std over the L2 sensitivity C/n_p of client p's clipped
-mean under add/remove-one-example adjacency with public n_p); each client adds its own noise before the server
-averages (so each message is private on its own; the noise std on v_r is √(Σ_p (σC/n_p)²)/P); a difference round
-with a zero step has C2,r = 0, releases exactly 0 and costs no privacy; the output is the whole iterate sequence
-(the paper's output rule is left to the caller). Restarts follow the spec's ``(r − 1) mod T == 0``.
-
-Privacy: given the public past iterates, round r is one Gaussian mechanism with noise multiplier σ1 (restart) or
-σ2 (difference), q = 1; the rounds compose adaptively. ``privacy_mechanisms`` lists them and ``epsilon_rdp``
-composes them (one ``fedsim.privacy.accounting.Mechanism`` per distinct σ, RDP added across them).
+Sensitivity: under add/remove-one-example adjacency with each client's size n_p public (Opacus' convention: a
+sum over the client's examples divided by its registered size), one example moves (1/P)·ClippedMean_p by at most
+C/(P·n_p) ≤ C/(P·n_min), n_min the smallest client. So σ1, σ2 are *noise multipliers* (noise std over that L2
+sensitivity), and, given the public past iterates, every round is one Gaussian mechanism with noise multiplier σ1
+(restart) or σ2 (difference) and q = 1; the rounds compose adaptively. A difference round with a zero step has
+C2,r = 0, releases exactly 0 and draws no noise; ``privacy_mechanisms`` still counts it (a data-independent upper
+bound). The output is the whole iterate sequence (the paper's output rule is left to the caller). Restarts follow
+the spec's ``(r − 1) mod T == 0``.
 
 References:
     Murata & Suzuki, "DIFF2: Differential Private Optimization via Gradient Differences for Nonconvex Distributed
@@ -39,17 +43,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
-from opacus.accountants import RDPAccountant
 
 from fedsim.errors import ConfigError
 from fedsim.gradcore.clipping import clip_by_global_norm
 from fedsim.gradcore.dp import add_gaussian_noise
-from fedsim.privacy.accounting import Mechanism, validate_delta
+from fedsim.privacy.accounting import Mechanism, epsilon_of_sequence
 
 PerExampleGrads = Callable[[torch.Tensor], torch.Tensor]
 """One client's per-example gradients: ``x`` shaped ``[d]`` -> ``[n_p, d]`` (``n_p >= 1``, same dtype as ``x``)."""
@@ -73,8 +76,8 @@ class Diff2Config:
         restart_every: T >= 1 (T = 1 is DP-GD).
         clip1: C1 > 0, the per-example clip at restarts (``math.inf``: no clipping, only with σ1 = 0).
         clip2: C2 > 0, the per-example clip of differences per unit of step norm (``math.inf`` as ``clip1``).
-        noise_multiplier1: σ1 >= 0, noise std over the sensitivity C1/n_p at restarts.
-        noise_multiplier2: σ2 >= 0, noise std over the sensitivity C2,r/n_p in difference rounds.
+        noise_multiplier1: σ1 >= 0, noise std over the sensitivity C1/(P·n_min) at restarts.
+        noise_multiplier2: σ2 >= 0, noise std over the sensitivity C2,r/(P·n_min) in difference rounds.
     """
 
     lr: float
@@ -106,6 +109,10 @@ class Diff2Config:
                     clip,
                 )
 
+    def kind(self, round: int) -> str:
+        """``RESTART`` when (round − 1) mod T == 0, else ``DIFFERENCE``."""
+        return RESTART if (round - 1) % self.restart_every == 0 else DIFFERENCE
+
 
 class Diff2State(NamedTuple):
     """Rounds done, x_{r−1} (current), x_{r−2} (``None`` before round 2) and v_{r−1} (``None`` before round 1)."""
@@ -114,6 +121,15 @@ class Diff2State(NamedTuple):
     x: torch.Tensor
     x_prev: torch.Tensor | None
     v: torch.Tensor | None
+
+
+class Diff2Round(NamedTuple):
+    """What the clients compute in round ``round``: its kind and the per-example clip radius (C1 or C2,r)."""
+
+    round: int
+    kind: str
+    radius: float
+    noise_multiplier: float
 
 
 class RoundInfo(NamedTuple):
@@ -139,24 +155,46 @@ def clipped_mean(grads: torch.Tensor, radius: float) -> torch.Tensor:
     return clipped["g"].mean(dim=0)
 
 
+def noise_std(noise_multiplier: float, radius: float, *, clients: int, min_examples: int) -> float:
+    """σ·radius/(P·n_min): the noise std on the mean of P clipped means (0 when σ or the radius is 0)."""
+    if noise_multiplier == 0.0 or radius == 0.0:
+        return 0.0
+    return noise_multiplier * radius / (clients * min_examples)
+
+
+def noised_mean(
+    clipped_mean_sum: torch.Tensor,
+    *,
+    clients: int,
+    min_examples: int,
+    radius: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float]:
+    """(1/P)·Σ_p ClippedMean_p + N(0, std² I), std = ``noise_std(...)``, drawn from ``generator`` in one draw of
+    shape ``[d]`` (none when std is 0). Returns the result and std."""
+    std = noise_std(noise_multiplier, radius, clients=clients, min_examples=min_examples)
+    out, _ = add_gaussian_noise(std, generator=generator).update({"v": clipped_mean_sum / clients}, None)
+    return out["v"], std
+
+
 def private_mean(
     grads: Sequence[torch.Tensor], radius: float, noise_multiplier: float, *, generator: torch.Generator
 ) -> tuple[torch.Tensor, float]:
-    """(1/P) Σ_p [ClippedMean_p(grads_p, radius) + N(0, (σ·radius/n_p)² I)] and the noise std on the result.
-
-    Client p's noise is drawn from ``generator`` in client order (one draw of shape ``[d]`` each; none when its
-    std is 0). Returns the mean and √(Σ_p (σ·radius/n_p)²)/P.
-    """
-    total = None
-    var = 0.0
-    for g in grads:
-        std = 0.0 if noise_multiplier == 0.0 or radius == 0.0 else noise_multiplier * radius / g.shape[0]
-        msg, _ = add_gaussian_noise(std, generator=generator).update({"m": clipped_mean(g, radius)}, None)
-        total = msg["m"] if total is None else total + msg["m"]
-        var += std**2
-    if total is None:
-        raise ValueError("clients must hold at least one client. Got none.")
-    return total / len(grads), math.sqrt(var) / len(grads)
+    """(1/P) Σ_p ClippedMean_p(grads_p, radius) + N(0, (σ·radius/(P·n_min))² I) and that noise std."""
+    if not grads:
+        raise ValueError("grads must hold at least one client. Got none.")
+    total = clipped_mean(grads[0], radius)
+    for g in grads[1:]:
+        total = total + clipped_mean(g, radius)
+    return noised_mean(
+        total,
+        clients=len(grads),
+        min_examples=min(g.shape[0] for g in grads),
+        radius=radius,
+        noise_multiplier=noise_multiplier,
+        generator=generator,
+    )
 
 
 def init(x0: torch.Tensor) -> Diff2State:
@@ -164,24 +202,67 @@ def init(x0: torch.Tensor) -> Diff2State:
     return Diff2State(round=0, x=x0.detach().clone(), x_prev=None, v=None)
 
 
+def plan_round(cfg: Diff2Config, state: Diff2State) -> Diff2Round:
+    """Round r = ``state.round + 1``: restart (radius C1) or difference (radius C2·‖x_{r−1} − x_{r−2}‖)."""
+    r = state.round + 1
+    if cfg.kind(r) == RESTART or state.v is None or state.x_prev is None:
+        return Diff2Round(r, RESTART, float(cfg.clip1), float(cfg.noise_multiplier1))
+    move = float(torch.linalg.vector_norm(state.x - state.x_prev))
+    radius = 0.0 if move == 0.0 else cfg.clip2 * move  # inf · 0 would be NaN
+    return Diff2Round(r, DIFFERENCE, radius, float(cfg.noise_multiplier2))
+
+
+def finish_round(
+    cfg: Diff2Config,
+    state: Diff2State,
+    plan: Diff2Round,
+    clipped_mean_sum: torch.Tensor,
+    *,
+    clients: int,
+    min_examples: int,
+    generator: torch.Generator,
+) -> tuple[Diff2State, RoundInfo]:
+    """The server's half of a round: noise the mean of the clients' clipped means once, update v and x.
+
+    ``clipped_mean_sum`` is Σ_p ClippedMean_p of the round's per-example gradients (restart) or gradient
+    differences (difference round) at radius ``plan.radius``, over ``clients`` = P clients, the smallest holding
+    ``min_examples``.
+    """
+    delta, std = noised_mean(
+        clipped_mean_sum,
+        clients=clients,
+        min_examples=min_examples,
+        radius=plan.radius,
+        noise_multiplier=plan.noise_multiplier,
+        generator=generator,
+    )
+    v = delta if plan.kind == RESTART else state.v + delta  # type: ignore[operator]
+    new = Diff2State(round=plan.round, x=state.x - cfg.lr * v, x_prev=state.x, v=v)
+    return new, RoundInfo(plan.round, plan.kind, plan.radius, plan.noise_multiplier, std)
+
+
 def step(
     cfg: Diff2Config, state: Diff2State, clients: Sequence[PerExampleGrads], *, generator: torch.Generator
 ) -> tuple[Diff2State, RoundInfo]:
     """One DIFF2-GD round r = ``state.round + 1`` (the recursion in the module docstring)."""
-    r = state.round + 1
+    plan = plan_round(cfg, state)
     x = state.x
-    if (r - 1) % cfg.restart_every == 0 or state.v is None or state.x_prev is None:
-        kind, radius, sigma = RESTART, float(cfg.clip1), float(cfg.noise_multiplier1)
-        v, std = private_mean([fn(x) for fn in clients], radius, sigma, generator=generator)
+    if plan.kind == RESTART:
+        grads = [fn(x) for fn in clients]
     else:
-        kind, sigma = DIFFERENCE, float(cfg.noise_multiplier2)
-        move = float(torch.linalg.vector_norm(x - state.x_prev))
-        radius = 0.0 if move == 0.0 else cfg.clip2 * move  # inf · 0 would be NaN
-        diffs = [fn(x) - fn(state.x_prev) for fn in clients]
-        delta, std = private_mean(diffs, radius, sigma, generator=generator)
-        v = state.v + delta
-    new = Diff2State(round=r, x=x - cfg.lr * v, x_prev=x, v=v)
-    return new, RoundInfo(round=r, kind=kind, radius=radius, noise_multiplier=sigma, noise_std=std)
+        grads = [fn(x) - fn(state.x_prev) for fn in clients]  # type: ignore[arg-type]
+    total = clipped_mean(grads[0], plan.radius)
+    for g in grads[1:]:
+        total = total + clipped_mean(g, plan.radius)
+    return finish_round(
+        cfg,
+        state,
+        plan,
+        total,
+        clients=len(grads),
+        min_examples=min(g.shape[0] for g in grads),
+        generator=generator,
+    )
 
 
 class Trace(NamedTuple):
@@ -221,7 +302,7 @@ def run_dp_gd(
     noise_multiplier: float,
     generator: torch.Generator,
 ) -> Trace:
-    """The DP-GD baseline: x_r = x_{r−1} − η·(1/P) Σ_p [ClippedMean_p(∇ℓ(x_{r−1}; z), C) + N(0, (σC/n_p)² I)].
+    """The DP-GD baseline: x_r = x_{r−1} − η·[(1/P) Σ_p ClippedMean_p(∇ℓ(x_{r−1}; z), C) + N(0, (σC/(P·n_min))² I)].
 
     Written as its own loop (not through ``step``) so that DIFF2 with T = 1 can be tested against it.
     """
@@ -249,7 +330,7 @@ def privacy_mechanisms(cfg: Diff2Config, rounds: int) -> list[RoundInfo]:
         raise ConfigError("rounds", "an integer >= 1", rounds)
     out = []
     for r in range(1, rounds + 1):
-        if (r - 1) % cfg.restart_every == 0:
+        if cfg.kind(r) == RESTART:
             out.append(
                 RoundInfo(r, RESTART, float(cfg.clip1), float(cfg.noise_multiplier1), cfg.noise_multiplier1)
             )
@@ -278,13 +359,88 @@ def composed_mechanisms(cfg: Diff2Config, rounds: int) -> list[Mechanism]:
 
 
 def epsilon_rdp(cfg: Diff2Config, rounds: int, delta: float) -> float:
-    """ε(δ) of ``rounds`` rounds by RDP: the mechanisms of ``composed_mechanisms`` added in opacus' RDP accountant.
+    """ε(δ) of ``rounds`` rounds by RDP: ``composed_mechanisms`` through
+    ``fedsim.privacy.accounting.epsilon_of_sequence("rdp", ...)`` (opacus' RDP accountant, RDP added)."""
+    return epsilon_of_sequence("rdp", composed_mechanisms(cfg, rounds), delta)
 
-    With one distinct σ this is ``fedsim.privacy.accounting.epsilon("rdp", mech, delta)`` exactly.
+
+# ------------------------------------------------------------------------------------ the engine's strategies
+
+DIFF2_NAMES = ("diff2", "dp_gd")
+"""Strategy names the engine runs with ``fedsim.engine.diff2_loop`` (full participation, full-batch rounds)."""
+
+_ARGS = {
+    "diff2": (
+        "lr",
+        "restart_every",
+        "clip1",
+        "clip2",
+        "noise_multiplier1",
+        "noise_multiplier2",
+        "noise_ratio",
+    ),
+    "dp_gd": ("lr", "clip", "noise_multiplier"),
+}
+
+
+@dataclass(frozen=True)
+class Diff2Strategy:
+    """DIFF2-GD (``diff2``) or DP-GD (``dp_gd``: T = 1, C1 = C2, σ1 = σ2) as the engine runs it.
+
+    ``noise_ratio`` is σ2/σ1, used when σ1 comes from the scenario's ``privacy`` block (given or calibrated).
     """
-    validate_delta(delta)
-    accountant = RDPAccountant()
-    accountant.history = [
-        (m.noise_multiplier, m.sample_rate, m.steps) for m in composed_mechanisms(cfg, rounds)
-    ]
-    return float(accountant.get_epsilon(delta))
+
+    name: str
+    config: Diff2Config
+    noise_ratio: float = 1.0
+
+    def with_noise(self, noise_multiplier1: float) -> Diff2Strategy:
+        """The same strategy with σ1 = ``noise_multiplier1`` and σ2 = ``noise_ratio``·σ1."""
+        cfg = replace(
+            self.config,
+            noise_multiplier1=float(noise_multiplier1),
+            noise_multiplier2=float(noise_multiplier1) * self.noise_ratio,
+        )
+        return replace(self, config=cfg)
+
+
+def make_diff2_strategy(name: str) -> Callable[..., Diff2Strategy]:
+    """Registry factory for ``diff2`` and ``dp_gd`` (``strategy.args`` as in ``docs/scenarios.md``)."""
+
+    def factory(
+        *, clients_per_round: int, args: Mapping[str, Any], server_optimizer: Mapping[str, Any], **_: Any
+    ) -> Diff2Strategy:
+        del clients_per_round  # full participation: the engine checks it equals population.clients
+        for key in args:
+            if key not in _ARGS[name]:
+                raise ConfigError(f"strategy.args.{key}", f"one of {', '.join(_ARGS[name])} for {name}", key)
+        if dict(server_optimizer) != {"name": "sgd", "lr": 1.0}:
+            raise ConfigError(
+                "strategy.server_optimizer",
+                f"left at its default (sgd, lr 1) for {name}: the step is strategy.args.lr",
+                dict(server_optimizer),
+            )
+        if "lr" not in args:
+            raise ConfigError("strategy.args.lr", f"given for {name} (the GD step η > 0)")
+        if name == "dp_gd":
+            clip, sigma = args.get("clip", 1.0), args.get("noise_multiplier", 0.0)
+            try:
+                cfg = Diff2Config(args["lr"], 1, clip, clip, sigma, sigma)
+            except ConfigError as exc:  # name dp_gd's own keys (clip, noise_multiplier)
+                raise ConfigError(exc.field.rstrip("12"), exc.expected, exc.got) from None
+            return Diff2Strategy(name, cfg, 1.0)
+        ratio = _number(
+            "noise_ratio", args.get("noise_ratio", 1.0), "a finite number > 0", lambda v: 0 < v < math.inf
+        )
+        cfg = Diff2Config(
+            lr=args["lr"],
+            restart_every=args.get("restart_every", 8),
+            clip1=args.get("clip1", 1.0),
+            clip2=args.get("clip2", 1.0),
+            noise_multiplier1=args.get("noise_multiplier1", 0.0),
+            noise_multiplier2=args.get("noise_multiplier2", 0.0),
+        )
+        return Diff2Strategy(name, cfg, ratio)
+
+    factory.__doc__ = f"Build the {name!r} strategy."
+    return factory

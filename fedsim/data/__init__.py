@@ -1,8 +1,8 @@
 """Federated datasets: load or generate a dataset, hold out a central test set, partition it over clients.
 
-Datasets (``digits``, ``synthetic``, ``mnist1d``, ``blobs``, ``hf:<name>``, ``parquet:<path>``) and partitioners
-(``iid``, ``dirichlet``, ``pathological``, ``shard``, ``natural``) are resolved through one registry each; the
-engine calls ``load_federated_data`` with the scenario's ``data`` block and gets a ``FederatedData``.
+Datasets (``digits``, ``synthetic``, ``mnist1d``, ``blobs``, ``diabetes``, ``regression``, ``hf:<name>``,
+``parquet:<path>``) and partitioners (``iid``, ``dirichlet``, ``pathological``, ``shard``, ``natural``) are
+resolved through one registry each; the engine calls ``load_federated_data`` with the scenario's ``data`` block and gets a ``FederatedData``.
 ``datasets``, ``flwr_datasets`` and ``pyarrow`` are imported only by the loaders and partitioners that need them.
 """
 
@@ -10,6 +10,6 @@ from fedsim.data.federated import FederatedData, dataset_names, load_federated_d
 from fedsim.data.partitions import Partitions
 
 # Importing the modules registers their datasets.
-from fedsim.data import blobs, digits, huggingface, mnist1d, synthetic  # noqa: E402,F401  isort: skip
+from fedsim.data import blobs, digits, huggingface, mnist1d, regression, synthetic  # noqa: E402,F401  isort: skip
 
 __all__ = ["FederatedData", "Partitions", "dataset_names", "load_federated_data", "partitioner_names"]

@@ -71,6 +71,8 @@ class SplitData:
         num_classes: number of classes.
         train_users: natural user id per training example (enables the ``natural`` partitioner), or ``None``.
         partitions: every client's rows of ``train_x``, when the loader partitioned itself.
+        task: ``classification`` (int64 labels) or ``regression`` (float32 targets in ``train_y``/``test_y``,
+            ``num_classes`` = 1 output).
     """
 
     train_x: np.ndarray
@@ -80,7 +82,11 @@ class SplitData:
     num_classes: int
     train_users: np.ndarray | None = None
     partitions: Partitions | None = None
+    task: str = "classification"
 
+
+TASKS = ("classification", "regression")
+"""What ``SplitData.task`` / ``FederatedData.task`` may say."""
 
 DatasetLoader = Callable[[DataRequest], SplitData]
 

@@ -20,6 +20,7 @@ from fedsim.data.base import (
     PARTITION,
     PREFIX_PLACEHOLDERS,
     PREFIXED_DATASETS,
+    TASKS,
     DataRequest,
     DatasetLoader,
 )
@@ -38,12 +39,14 @@ class FederatedData:
 
     Attributes:
         train_x: float32 ``[N, *input_shape]``.
-        train_y: int64 ``[N]``.
+        train_y: int64 ``[N]`` labels (classification) or float32 ``[N]`` targets (regression).
         test_x: float32 ``[M, *input_shape]``, the held-out central test set.
-        test_y: int64 ``[M]``.
+        test_y: int64 or float32 ``[M]``, as ``train_y``.
         partitions: one read-only int64 index array into ``train_x`` per logical client (``Partitions``).
-        num_classes: number of classes (labels lie in ``[0, num_classes)``).
+        num_classes: number of classes (labels lie in ``[0, num_classes)``); 1 (one output) for regression.
         input_shape: shape of one example, e.g. ``(64,)`` for digits or ``(C, H, W)`` for images.
+        task: ``classification`` or ``regression``; when not given it follows ``train_y``'s dtype (float:
+            regression), so data read back from the cache keep it.
     """
 
     train_x: torch.Tensor
@@ -53,10 +56,16 @@ class FederatedData:
     partitions: Partitions
     num_classes: int
     input_shape: tuple[int, ...]
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.partitions, Partitions):
             object.__setattr__(self, "partitions", Partitions.from_arrays(self.partitions))
+        inferred = "regression" if self.train_y.is_floating_point() else "classification"
+        if self.task is None:
+            object.__setattr__(self, "task", inferred)
+        elif self.task != inferred:
+            raise ValueError(f"task {self.task!r} does not fit train_y of dtype {self.train_y.dtype}")
 
     def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client ``cid``'s examples ``(x, y)`` (new tensors; the pooled ones are not shared)."""
@@ -74,6 +83,10 @@ class FederatedData:
         if not 0 <= cid < len(self.partitions):
             raise IndexError(f"client id {cid} out of range [0, {len(self.partitions)})")
         return cid
+
+
+REGRESSION_PARTITIONERS = ("iid", "natural")
+"""Partitioners that do not split by class label, hence usable with a regression target."""
 
 
 def dataset_names() -> list[str]:
@@ -157,6 +170,16 @@ def load_federated_data(
         seed=int(seed),
     )
     split = loader(request)
+    if split.task not in TASKS:
+        raise ValueError(f"dataset {dataset!r} returned task {split.task!r}; expected one of {TASKS}")
+    regression = split.task == "regression"
+    if regression and partitioner not in REGRESSION_PARTITIONERS:
+        raise ConfigError(
+            "data.partitioner",
+            f"one of {', '.join(REGRESSION_PARTITIONERS)} for the regression dataset {dataset!r} "
+            "(the others split by class label)",
+            partitioner,
+        )
     partitions = split.partitions
     if partitions is None:
         partitions = partition_arrays(
@@ -168,12 +191,14 @@ def load_federated_data(
             rng=request.rng(PARTITION),
             dataset=dataset,
         )
+    y_dtype = np.float32 if regression else np.int64
     return FederatedData(
         train_x=torch.from_numpy(np.ascontiguousarray(split.train_x, dtype=np.float32)),
-        train_y=torch.from_numpy(np.ascontiguousarray(split.train_y, dtype=np.int64)),
+        train_y=torch.from_numpy(np.ascontiguousarray(split.train_y, dtype=y_dtype)),
         test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
-        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=np.int64)),
+        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
         partitions=partitions,
         num_classes=int(split.num_classes),
         input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
+        task=split.task,
     )

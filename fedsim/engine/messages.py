@@ -86,7 +86,9 @@ def train_config(scenario: Any, round_config: Mapping[str, Any] | None = None) -
     clip = sample_dp = None
     if privacy and privacy["level"] == "sample":
         if NOISE_MULTIPLIER_KEY not in (round_config or {}):
-            raise ValueError(f"sample-level DP needs {NOISE_MULTIPLIER_KEY!r} in the round config; none was sent")
+            raise ValueError(
+                f"sample-level DP needs {NOISE_MULTIPLIER_KEY!r} in the round config; none was sent"
+            )
         sample_dp = SampleDP(
             max_norm=float(privacy["clip"]),
             noise_multiplier=float(round_config[NOISE_MULTIPLIER_KEY]),  # type: ignore[index]
@@ -215,3 +217,282 @@ def decode_train_reply(content: RecordDict) -> WorkerResult:
             if k.startswith(CLIENT_STAT_PREFIX)
         },
     )
+
+
+# ------------------------------------------------------------------------------ gossip (issue 8)
+# One message per worker per superstep (``fedsim.gossip.supersteps``): phase B of the last tick with the models the
+# other workers sent at it, an evaluation flag, phase A of the next tick, and which of its nodes other workers' nodes
+# pull from. The worker keeps its shard (node models, buffers, clocks) in its ``context.state``.
+
+MESSAGE_TYPE_GOSSIP = "train.gossip"
+
+GOSSIP_MAIL = "fedsim.gossip.mail"
+GOSSIP_MODELS = "fedsim.gossip.models"
+GOSSIP_STATE = "fedsim.gossip.shard"
+GOSSIP_STATE_CONFIG = "fedsim.gossip.shard_config"
+
+OWNED = "owned"
+B_TICK = "b_tick"
+A_TICK = "a_tick"
+EVALUATE = "evaluate"
+SERVE_NODES = "serve_nodes"
+SERVE_SIZES = "serve_sizes"
+SERVE_PULLERS = "serve_pullers"
+MAIL_SENDERS = "mail_senders"
+MAIL_SIZES = "mail_sizes"
+MAIL_DESTS = "mail_dests"
+NEXT_TICK = "next_tick"
+PULL_NODES = "pull_nodes"
+PULL_TICKS = "pull_ticks"
+LOSSES = "losses"
+COUNT_NAMES = "count_names"
+COUNT_VALUES = "count_values"
+ONLINE = "online"
+
+
+def _encode_mail(mail: Any, config: ConfigRecord) -> ArrayRecord:
+    config[MAIL_SENDERS] = [int(x) for x in mail.senders]
+    config[MAIL_SIZES] = [len(d) for d in mail.dests]
+    config[MAIL_DESTS] = [int(x) for d in mail.dests for x in d]
+    return ArrayRecord({k: v.detach().cpu() for k, v in mail.params.items()})
+
+
+def _decode_mail(config: Any, record: ArrayRecord) -> Any:
+    import numpy as np
+
+    from fedsim.gossip.shard import Mail
+
+    sizes = [int(x) for x in config[MAIL_SIZES]]
+    flat = np.asarray([int(x) for x in config[MAIL_DESTS]], dtype=np.int64)
+    cuts = np.cumsum([0, *sizes])
+    return Mail(
+        np.asarray([int(x) for x in config[MAIL_SENDERS]], dtype=np.int64),
+        [flat[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
+        dict(record.to_torch_state_dict()),
+    )
+
+
+def encode_gossip_order(
+    *,
+    scenario: Mapping[str, Any],
+    superstep: int,
+    owned: Sequence[int],
+    order: Any,
+    like: Mapping[str, torch.Tensor],
+) -> RecordDict:
+    """Server side: one worker's superstep (a ``fedsim.gossip.supersteps.WorkOrder``); ``like``: one model's
+    tensors (the shapes of an empty inbox)."""
+    from fedsim.gossip.shard import Mail
+
+    serve = sorted(order.serve.items())
+    config = ConfigRecord(
+        {
+            SCENARIO_JSON: json.dumps(scenario, sort_keys=True),
+            ROUND: int(superstep),
+            OWNED: [int(x) for x in owned],
+            B_TICK: -1 if order.b_tick is None else int(order.b_tick),
+            A_TICK: -1 if order.a_tick is None else int(order.a_tick),
+            EVALUATE: bool(order.evaluate),
+            SERVE_NODES: [int(j) for j, _ in serve],
+            SERVE_SIZES: [len(r) for _, r in serve],
+            SERVE_PULLERS: [int(x) for _, r in serve for x in r],
+        }
+    )
+    inbox = (
+        order.inbox if order.inbox is not None else Mail.empty({k: v.unsqueeze(0) for k, v in like.items()})
+    )
+    return RecordDict({GOSSIP_MAIL: _encode_mail(inbox, config), CONFIG: config})
+
+
+def decode_gossip_order(content: RecordDict) -> tuple[dict[str, Any], list[int], Any]:
+    """Worker side: the scenario, the worker's nodes and the ``WorkOrder``."""
+    from fedsim.gossip.supersteps import WorkOrder
+
+    cfg = content.config_records[CONFIG]
+    b, a = int(cfg[B_TICK]), int(cfg[A_TICK])  # type: ignore[arg-type]
+    nodes, sizes = [int(x) for x in cfg[SERVE_NODES]], [int(x) for x in cfg[SERVE_SIZES]]  # type: ignore[union-attr]
+    pullers, serve, pos = [int(x) for x in cfg[SERVE_PULLERS]], {}, 0  # type: ignore[union-attr]
+    for j, k in zip(nodes, sizes, strict=True):
+        serve[j], pos = pullers[pos : pos + k], pos + k
+    order = WorkOrder(
+        b_tick=None if b < 0 else b,
+        inbox=_decode_mail(cfg, content.array_records[GOSSIP_MAIL]),
+        evaluate=bool(cfg[EVALUATE]),
+        a_tick=None if a < 0 else a,
+        serve=serve,
+    )
+    return json.loads(str(cfg[SCENARIO_JSON])), [int(x) for x in cfg[OWNED]], order  # type: ignore[union-attr]
+
+
+def encode_gossip_report(report: Any, train_s: float) -> RecordDict:
+    """Worker side: a ``fedsim.gossip.supersteps.ShardReport``."""
+    names = sorted(report.counts)
+    config = ConfigRecord(
+        {
+            NEXT_TICK: int(report.next_tick),
+            PULL_NODES: [int(x) for x in report.pull_nodes],
+            PULL_TICKS: [int(x) for x in report.pull_ticks],
+            LOSSES: [float(x) for x in report.losses],
+            COUNT_NAMES: names,
+            COUNT_VALUES: [int(report.counts[k]) for k in names],
+            ONLINE: int(report.online),
+            TRAIN_SECONDS: float(train_s),
+        }
+    )
+    records: dict[str, Any] = {GOSSIP_MAIL: _encode_mail(report.mail, config), CONFIG: config}
+    if report.params is not None:
+        records[GOSSIP_MODELS] = ArrayRecord({k: v.detach().cpu() for k, v in report.params.items()})
+    return RecordDict(records)
+
+
+def decode_gossip_report(content: RecordDict) -> tuple[Any, float]:
+    """Server side: the ``ShardReport`` and the worker's seconds of work."""
+    import numpy as np
+
+    from fedsim.gossip.supersteps import ShardReport
+
+    cfg = content.config_records[CONFIG]
+    models = content.array_records.get(GOSSIP_MODELS)
+    report = ShardReport(
+        mail=_decode_mail(cfg, content.array_records[GOSSIP_MAIL]),
+        next_tick=int(cfg[NEXT_TICK]),  # type: ignore[arg-type]
+        pull_nodes=np.asarray([int(x) for x in cfg[PULL_NODES]], dtype=np.int64),  # type: ignore[union-attr]
+        pull_ticks=np.asarray([int(x) for x in cfg[PULL_TICKS]], dtype=np.int64),  # type: ignore[union-attr]
+        params=None if models is None else dict(models.to_torch_state_dict()),
+        losses=[float(x) for x in cfg[LOSSES]],  # type: ignore[union-attr]
+        counts=dict(
+            zip([str(k) for k in cfg[COUNT_NAMES]], [int(v) for v in cfg[COUNT_VALUES]], strict=True)
+        ),  # type: ignore[union-attr]
+        online=int(cfg[ONLINE]),  # type: ignore[arg-type]
+    )
+    return report, float(cfg[TRAIN_SECONDS])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ DIFF2 / DP-GD (issue 9)
+# One message per worker per round: the current iterate x_{r−1} (flat), the round's kind and clip radius, and the
+# worker's logical clients. The worker keeps x_{r−1} in its ``context.state`` for the next round's differences.
+
+MESSAGE_TYPE_DIFF2 = "train.diff2"
+
+DIFF2_X = "fedsim.diff2.x"
+DIFF2_SUMS = "fedsim.diff2.sums"
+DIFF2_STATE = "fedsim.diff2.previous"
+DIFF2_STATE_ROUND = "fedsim.diff2.previous_round"
+
+KIND = "kind"
+RADIUS = "radius"
+ITERATE = "x"
+CLIPPED_SUM = "clipped_sum"
+GRAD_SUM = "grad_sum"
+LOSS_SUM = "loss_sum"
+CLIPPED_ROWS = "clipped_rows"
+ROWS = "rows"
+
+
+@dataclass(frozen=True)
+class Diff2Request:
+    """A worker's part of one DIFF2/DP-GD round: x_{r−1} (flat), ``restart``/``difference``, the radius, clients."""
+
+    scenario: Mapping[str, Any]
+    round: int
+    x: torch.Tensor
+    kind: str
+    radius: float
+    client_ids: tuple[int, ...]
+
+
+@dataclass
+class Diff2Reply:
+    """One worker's reduced reply: Σ_p ClippedMean_p, Σ_p mean_z ∇ℓ(x_{r−1}; z) (unclipped, for ‖∇f‖), Σ_p mean
+    loss, how many per-example rows were clipped of how many, and each client's size."""
+
+    clipped_sum: torch.Tensor
+    grad_sum: torch.Tensor
+    loss_sum: float
+    clipped_rows: int
+    rows: int
+    client_ids: list[int]
+    num_examples: list[int]
+    train_s: float = 0.0
+
+
+def encode_diff2_request(
+    *,
+    scenario: Mapping[str, Any],
+    round: int,
+    x: torch.Tensor,
+    kind: str,
+    radius: float,
+    client_ids: Sequence[int],
+) -> RecordDict:
+    """Server side: one worker's DIFF2 round (``CONFIG`` carries ``ROUND``, as every train message)."""
+    config = ConfigRecord(
+        {
+            SCENARIO_JSON: json.dumps(scenario, sort_keys=True),
+            ROUND: int(round),
+            KIND: str(kind),
+            RADIUS: float(radius),
+            CLIENT_IDS: [int(c) for c in client_ids],
+        }
+    )
+    return RecordDict({DIFF2_X: ArrayRecord({ITERATE: x.detach().cpu()}), CONFIG: config})
+
+
+def decode_diff2_request(content: RecordDict) -> Diff2Request:
+    """Worker side: the inverse of :func:`encode_diff2_request`."""
+    cfg = content.config_records[CONFIG]
+    return Diff2Request(
+        scenario=json.loads(str(cfg[SCENARIO_JSON])),
+        round=int(cfg[ROUND]),  # type: ignore[arg-type]
+        x=content.array_records[DIFF2_X].to_torch_state_dict()[ITERATE],
+        kind=str(cfg[KIND]),
+        radius=float(cfg[RADIUS]),  # type: ignore[arg-type]
+        client_ids=tuple(int(c) for c in cfg[CLIENT_IDS]),  # type: ignore[union-attr]
+    )
+
+
+def encode_diff2_reply(reply: Diff2Reply) -> RecordDict:
+    """Worker side: the reduced sums and the diagnostics."""
+    stats = MetricRecord(
+        {
+            LOSS_SUM: float(reply.loss_sum),
+            CLIPPED_ROWS: int(reply.clipped_rows),
+            ROWS: int(reply.rows),
+            CLIENT_IDS: [int(c) for c in reply.client_ids],
+            NUM_EXAMPLES: [int(n) for n in reply.num_examples],
+            TRAIN_SECONDS: float(reply.train_s),
+        }
+    )
+    sums = ArrayRecord(
+        {CLIPPED_SUM: reply.clipped_sum.detach().cpu(), GRAD_SUM: reply.grad_sum.detach().cpu()}
+    )
+    return RecordDict({DIFF2_SUMS: sums, STATS: stats})
+
+
+def decode_diff2_reply(content: RecordDict) -> Diff2Reply:
+    """Server side: the inverse of :func:`encode_diff2_reply`."""
+    stats, sums = content.metric_records[STATS], content.array_records[DIFF2_SUMS].to_torch_state_dict()
+    return Diff2Reply(
+        clipped_sum=sums[CLIPPED_SUM],
+        grad_sum=sums[GRAD_SUM],
+        loss_sum=float(stats[LOSS_SUM]),  # type: ignore[arg-type]
+        clipped_rows=int(stats[CLIPPED_ROWS]),  # type: ignore[call-overload]
+        rows=int(stats[ROWS]),  # type: ignore[call-overload]
+        client_ids=[int(c) for c in stats[CLIENT_IDS]],  # type: ignore[union-attr]
+        num_examples=[int(n) for n in stats[NUM_EXAMPLES]],  # type: ignore[union-attr]
+        train_s=float(stats.get(TRAIN_SECONDS, 0.0)),  # type: ignore[arg-type]
+    )
+
+
+def save_previous_iterate(state: RecordDict, *, round: int, x: torch.Tensor) -> None:
+    """Worker side: keep x_{r−1} of ``round`` in the node's ``context.state`` (the next round's x_{r−2})."""
+    state[DIFF2_STATE] = ArrayRecord({ITERATE: x.detach().cpu()})
+    state[DIFF2_STATE_ROUND] = ConfigRecord({ROUND: int(round)})
+
+
+def load_previous_iterate(state: RecordDict) -> tuple[int, torch.Tensor] | None:
+    """Worker side: (the round that sent it, x) kept by :func:`save_previous_iterate`, or None (a fresh node)."""
+    if DIFF2_STATE not in state.array_records or DIFF2_STATE_ROUND not in state.config_records:
+        return None
+    rnd = int(state.config_records[DIFF2_STATE_ROUND][ROUND])  # type: ignore[arg-type]
+    return rnd, state.array_records[DIFF2_STATE].to_torch_state_dict()[ITERATE]

@@ -47,7 +47,7 @@ from fedsim.engine.setup import (
 )
 from fedsim.errors import EngineError
 from fedsim.scenario import Scenario
-from strategies import EventStrategy, ReducedUpdates, build_strategy
+from strategies import Decentralised, EventStrategy, ReducedUpdates, build_strategy
 
 if TYPE_CHECKING:
     from fedsim.privacy.plan import PrivacyPlan, Spend
@@ -242,10 +242,23 @@ class Engine:
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model_bytes = sum(v.numel() * v.element_size() for v in params.values())
         strategy = build_strategy(sc.strategy, sc.population.clients)
+        if isinstance(strategy, Decentralised):  # gossip: no global model; nodes live on their workers
+            from fedsim.engine.gossip_loop import run_gossip_loop
+
+            return run_gossip_loop(self, grid, nodes=nodes, pending_prepare=pending, data=data, model=model)
         if isinstance(strategy, EventStrategy):  # FedFix, async FedAvg, FedBuff, sync FedAvg with a deadline
             from fedsim.engine.event_loop import run_event_loop
 
             return run_event_loop(
+                self, grid, nodes=nodes, pending_prepare=pending, data=data, model=model, params=params,
+                strategy=strategy,
+            )  # fmt: skip
+        from strategies.diff2 import Diff2Strategy
+
+        if isinstance(strategy, Diff2Strategy):  # DIFF2-GD, DP-GD: full-batch rounds, x_{r−2} kept on the workers
+            from fedsim.engine.diff2_loop import run_diff2_loop
+
+            return run_diff2_loop(
                 self, grid, nodes=nodes, pending_prepare=pending, data=data, model=model, params=params,
                 strategy=strategy,
             )  # fmt: skip

@@ -13,8 +13,9 @@ import time
 from functools import lru_cache
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedsim.data import FederatedData
 from fedsim.engine.cohort import select_cohort_trainer
@@ -76,7 +77,9 @@ def prepare(msg: Message, context: Context) -> Message:
     """Get ready before round 1 (imports, data, model), while the server builds its own side; say which
     partition this node owns, if its node config names one (deployment)."""
     seconds = prepare_environment(decode_prepare_request(msg.content))
-    return Message(content=add_node_identity(encode_prepare_reply(seconds), context.node_config), reply_to=msg)
+    return Message(
+        content=add_node_identity(encode_prepare_reply(seconds), context.node_config), reply_to=msg
+    )
 
 
 @client_app.train()
@@ -84,3 +87,92 @@ def train(msg: Message, context: Context) -> Message:
     """Decode the round's work, train the listed clients, reply once with the reduced sum."""
     result = handle_train(decode_train_request(msg.content))
     return Message(content=encode_train_reply(result), reply_to=msg)
+
+
+@client_app.train("diff2")
+def train_diff2(msg: Message, context: Context) -> Message:
+    """DIFF2 / DP-GD (``fedsim.engine.diff2_loop``): the listed clients' clipped per-example gradient (difference)
+    means at x_{r−1}, summed once (``clients.diff2_client``). x_{r−1} is kept in ``context.state``: the next
+    difference round's x_{r−2}. A node without it (restarted) answers with an error; the run stops."""
+    from clients.diff2_client import diff2_round
+    from fedsim.engine.messages import (
+        Diff2Reply,
+        decode_diff2_request,
+        encode_diff2_reply,
+        load_previous_iterate,
+        save_previous_iterate,
+    )
+
+    start = time.perf_counter()
+    req = decode_diff2_request(msg.content)
+    x_prev = None
+    if req.kind == "difference":
+        kept = load_previous_iterate(context.state)
+        if kept is None or kept[0] != req.round - 1:
+            has = "no previous iterate" if kept is None else f"the iterate of round {kept[0]}"
+            reason = (
+                f"node {context.node_id} holds {has} but DIFF2's difference round {req.round} needs round "
+                f"{req.round - 1}'s (a restarted node loses its context.state)"
+            )
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        x_prev = kept[1]
+    data, model, _ = _environment(json.dumps(req.scenario, sort_keys=True))
+    sums = diff2_round(model, data, req.client_ids, x=req.x, x_prev=x_prev, radius=req.radius)
+    save_previous_iterate(context.state, round=req.round, x=req.x)
+    reply = Diff2Reply(
+        clipped_sum=sums.clipped_sum,
+        grad_sum=sums.grad_sum,
+        loss_sum=sums.loss_sum,
+        clipped_rows=sums.clipped_rows,
+        rows=sums.rows,
+        client_ids=list(req.client_ids),
+        num_examples=sums.num_examples,
+        train_s=time.perf_counter() - start,
+    )
+    return Message(content=encode_diff2_reply(reply), reply_to=msg)
+
+
+@client_app.train("gossip")
+def train_gossip(msg: Message, context: Context) -> Message:
+    """Gossip learning (``fedsim.engine.gossip_loop``): one superstep of this worker's shard of nodes (phase B of
+    the last tick with the other workers' models, phase A of the next). The shard lives in ``context.state``
+    between messages; it is built at the first superstep. A node that lost it (restarted) answers with an error."""
+    from fedsim.engine.messages import decode_gossip_order, encode_gossip_report
+    from fedsim.gossip.supersteps import execute
+
+    start = time.perf_counter()
+    scenario_dict, owned, order = decode_gossip_order(msg.content)
+    data, model, _ = _environment(json.dumps(scenario_dict, sort_keys=True))
+    first = order.b_tick == 0 and order.a_tick is None
+    shard = _gossip_shard(scenario_dict, owned, data, model, context, first=first)
+    if shard is None:
+        reason = (
+            f"node {context.node_id} lost its gossip nodes' state (a restarted node loses its context.state)"
+        )
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    report = execute(shard, order)
+    _save_gossip_shard(shard, context)
+    return Message(content=encode_gossip_report(report, time.perf_counter() - start), reply_to=msg)
+
+
+def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first: bool):
+    """The worker's shard: new at the run's first superstep, else restored from ``context.state`` (None if lost)."""
+    from fedsim.engine.messages import GOSSIP_STATE
+    from fedsim.gossip.network import build_shard
+
+    scenario = parse_scenario(scenario_dict, source="<message>")
+    record = context.state.array_records.get(GOSSIP_STATE)
+    if record is None and not first:
+        return None
+    shard = build_shard(scenario, data, model, owned, initial=first)
+    if not first:
+        shard.load_state(dict(record.to_torch_state_dict()))
+    return shard
+
+
+def _save_gossip_shard(shard, context: Context) -> None:
+    from flwr.app import ArrayRecord
+
+    from fedsim.engine.messages import GOSSIP_STATE
+
+    context.state[GOSSIP_STATE] = ArrayRecord({k: v.contiguous() for k, v in shard.state().items()})

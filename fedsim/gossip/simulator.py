@@ -107,11 +107,17 @@ def evaluate_nodes(
     *,
     chunk: int = 256,
 ) -> dict[str, Any]:
-    """Metrics of stacked node models (no global model): node accuracies, the average model's accuracy, the
-    consensus distance and the per-layer weight variance (mean over nodes)."""
-    fwd = vmap(lambda p: (functional_call(model, p, (x,)).argmax(-1) == y).double().mean())
+    """Metrics of stacked node models (no global model): node accuracies and mean test loss, the average model's
+    accuracy, the consensus distance and the per-layer weight variance (mean over nodes)."""
+
+    def one(p):
+        logits = functional_call(model, p, (x,))
+        return (logits.argmax(-1) == y).double().mean(), nn.functional.cross_entropy(logits, y).double()
+
+    fwd = vmap(one)
     n = len(next(iter(params.values())))
-    acc = torch.cat([fwd({k: t[s : s + chunk] for k, t in params.items()}) for s in range(0, n, chunk)])
+    parts = [fwd({k: t[s : s + chunk] for k, t in params.items()}) for s in range(0, n, chunk)]
+    acc, loss = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
     mean = {k: t.double().mean(0) for k, t in params.items()}
     avg_acc = functional_call(model, {k: m.float() for k, m in mean.items()}, (x,)).argmax(-1) == y
     sq = sum((t.double() - mean[k]).flatten(1).square().sum(1) for k, t in params.items())
@@ -121,6 +127,7 @@ def evaluate_nodes(
         "test_accuracy_min": float(acc.min()),
         "test_accuracy_max": float(acc.max()),
         "test_accuracy_avg_model": float(avg_acc.double().mean()),
+        "test_loss_mean": float(loss.mean()),
         "consensus_distance": float(sq.sqrt().mean()),  # type: ignore[union-attr]
     }
     for k, t in params.items():

@@ -6,10 +6,14 @@ multiplier (given, or calibrated for ``target_epsilon``), the sampling rate per 
 invocations, and the pfl-style extrapolation to a deployed cohort; :func:`spend` turns it into ε per accountant
 and per round. Client level: one invocation per round (q = cohort/population). Sample level: one invocation per
 local DP-SGD step of the worst-off client (``fedsim.privacy.sample_level``), ``steps_per_round`` of them a round.
+Full-batch strategies (``diff2``, ``dp_gd``): one Gaussian mechanism per round on the whole data (q = 1), with σ1 on
+DIFF2's restart rounds and σ2 = ``noise_ratio``·σ1 on its difference rounds (:class:`RoundSchedule`), composed as a
+heterogeneous sequence (``fedsim.privacy.accounting.epsilon_of_sequence``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -21,7 +25,9 @@ from fedsim.privacy.accounting import (
     curve_steps,
     epsilon,
     epsilon_curve,
+    epsilon_of_sequence,
     extrapolate,
+    sequence_curve,
 )
 from fedsim.privacy.sample_level import ClientGroup, LocalSchedule, client_groups, group_epsilons, worst_group
 from fedsim.scenario.schema import PrivacyConfig, Scenario
@@ -34,6 +40,37 @@ class Extrapolation:
     cohort: int
     population: int
     mechanism: Mechanism
+
+
+@dataclass(frozen=True)
+class RoundSchedule:
+    """A full-batch strategy's mechanisms (``diff2``, ``dp_gd``): round r is a Gaussian mechanism with q = 1 and
+    noise multiplier σ1 (restart, per-example clip C1) or σ2 (difference, clip C2 per unit of step norm).
+
+    ``kinds[r − 1]`` is round r's kind (``restart`` or ``difference``); the L2 sensitivity of the aggregate is
+    clip/(clients·min_examples) (add/remove one example, client sizes public).
+    """
+
+    strategy: str
+    kinds: tuple[str, ...]
+    noise_multiplier1: float
+    noise_multiplier2: float
+    clip1: float
+    clip2: float
+    restart_every: int
+    noise_ratio: float
+    clients: int
+    min_examples: int
+
+    def sigma(self, kind: str) -> float:
+        return self.noise_multiplier1 if kind == "restart" else self.noise_multiplier2
+
+    def mechanisms(self, rounds: int | None = None) -> list[Mechanism]:
+        """One ``Mechanism(σ, q = 1, steps = count)`` per kind present in the first ``rounds`` rounds."""
+        kinds = self.kinds[: len(self.kinds) if rounds is None else rounds]
+        return [
+            Mechanism(self.sigma(k), 1.0, kinds.count(k)) for k in ("restart", "difference") if k in kinds
+        ]
 
 
 @dataclass(frozen=True)
@@ -56,6 +93,9 @@ class PrivacyPlan:
     steps_per_round: int = 1
     groups: tuple[ClientGroup, ...] = ()
     worst_group: ClientGroup | None = None
+    schedule: RoundSchedule | None = None
+    """Full-batch strategies: the per-round mechanisms actually accounted (``mechanism`` then holds σ1, q = 1
+    and the number of rounds, for display)."""
 
     @property
     def rounds(self) -> int:
@@ -89,6 +129,12 @@ def plan_from_scenario(scenario: Scenario, client_sizes: Sequence[int] | None = 
     cfg = scenario.privacy
     if cfg is None:
         raise ConfigError("privacy", "set (a mapping with at least `level`) to plan DP", None)
+    from strategies.diff2 import (
+        DIFF2_NAMES,
+    )  # names only; the full-batch plan imports the strategy lazily too
+
+    if scenario.strategy.name in DIFF2_NAMES:
+        return _full_batch_plan(scenario, cfg, client_sizes)
     if cfg.level == "sample":
         return _sample_level_plan(scenario, cfg, client_sizes)
     cohort, population = scenario.strategy.clients_per_round, scenario.population.clients
@@ -181,6 +227,103 @@ def _sample_level_plan(
     )
 
 
+_SIGMA_LIMIT = 1000.0
+"""The largest σ1 a full-batch plan calibrates to (beyond it the target ε is reported unreachable)."""
+
+
+def _full_batch_plan(
+    scenario: Scenario, cfg: PrivacyConfig, client_sizes: Sequence[int] | None
+) -> PrivacyPlan:
+    """DIFF2-GD / DP-GD with sample-level DP: σ1 given (``privacy.noise_multiplier``) or calibrated so that the
+    whole run's sequence of mechanisms meets ``privacy.target_epsilon`` by the first accountant (bisection on σ1
+    with σ2/σ1 fixed at ``strategy.args.noise_ratio``)."""
+    # The strategy (its validated args: T, clips, the σ ratio) comes from the strategies registry; imported here
+    # so that the privacy package does not depend on strategies for every other plan.
+    from strategies import build_strategy
+
+    name = scenario.strategy.name
+    if cfg.level != "sample":
+        raise ConfigError(
+            "privacy.level",
+            f"'sample' with strategy {name} (it protects one example: per-example clipping, noise on the sum)",
+            cfg.level,
+        )
+    if cfg.clip != PrivacyConfig.model_fields["clip"].default:  # (fields_set does not survive CLI overrides)
+        keys = "clip" if name == "dp_gd" else "clip1 and clip2"
+        raise ConfigError(
+            "privacy.clip",
+            f"unset (left at 1.0) with strategy {name} (the clip is strategy.args.{keys})",
+            cfg.clip,
+        )
+    args = scenario.strategy.args
+    given = [k for k in ("noise_multiplier", "noise_multiplier1", "noise_multiplier2") if k in args]
+    if given:
+        raise ConfigError(
+            f"strategy.args.{given[0]}",
+            "unset when the scenario has a privacy block (σ1 is privacy.noise_multiplier or calibrated for "
+            "privacy.target_epsilon; σ2 = strategy.args.noise_ratio·σ1)",
+            args[given[0]],
+        )
+    strategy = build_strategy(scenario.strategy, scenario.population.clients)
+    if client_sizes is None:
+        from fedsim.engine.setup import build_data  # builds (or reads from the cache) the partition
+
+        data = build_data(scenario)
+        client_sizes = [data.num_examples(c) for c in range(scenario.population.clients)]
+    if min(client_sizes) < 1:
+        raise ConfigError("data", "a partition in which every client has training examples", "one has none")
+    c = strategy.config  # type: ignore[union-attr]
+    ratio = float(strategy.noise_ratio)  # type: ignore[union-attr]
+
+    def schedule(sigma1: float) -> RoundSchedule:
+        return RoundSchedule(
+            strategy=name,
+            kinds=tuple(c.kind(r) for r in range(1, scenario.rounds + 1)),
+            noise_multiplier1=sigma1,
+            noise_multiplier2=sigma1 * ratio,
+            clip1=float(c.clip1),
+            clip2=float(c.clip2),
+            restart_every=int(c.restart_every),
+            noise_ratio=ratio,
+            clients=len(client_sizes),
+            min_examples=int(min(client_sizes)),
+        )
+
+    first = cfg.accountants[0]
+    sigma = cfg.sigma_given
+    calibrated = sigma is None
+    if sigma is None:
+        assert cfg.target_epsilon is not None
+
+        def eps(s: float) -> float:
+            with warnings.catch_warnings():  # search probes: opacus' "optimal order at the end" warnings
+                warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
+                return epsilon_of_sequence(first, schedule(s).mechanisms(), cfg.delta)
+
+        # Bracket by doubling first: with q = 1 a tiny σ makes the PLD/PRV grids explode, so the search only
+        # evaluates σ within a factor 2 of the answer; then bisection to 0.1 % as for the other plans.
+        high = 1.0
+        while high < _SIGMA_LIMIT and eps(high) > cfg.target_epsilon:
+            high = min(2 * high, _SIGMA_LIMIT)
+        low = max(high / 2, 1e-3)
+        while low > 1e-3 and eps(low) <= cfg.target_epsilon:
+            high, low = low, max(low / 2, 1e-3)
+        sigma = bisect_noise(
+            eps, target_epsilon=cfg.target_epsilon, accountant=first, sigma_min=low, sigma_max=high
+        )
+    sched = schedule(sigma)
+    for m in sched.mechanisms():
+        m.validate()
+    return PrivacyPlan(
+        config=cfg,
+        mechanism=Mechanism(sigma, 1.0, scenario.rounds),
+        cohort=len(client_sizes),
+        population=len(client_sizes),
+        calibrated=calibrated,
+        schedule=sched,
+    )
+
+
 @dataclass(frozen=True)
 class Spend:
     """ε per accountant after all rounds, and after each round of ``rounds_at``."""
@@ -210,13 +353,33 @@ def spend(
     return Spend(epsilon=total, rounds_at=at, curve=curve)
 
 
+def spend_schedule(
+    schedule: RoundSchedule, delta: float, accountants: tuple[str, ...], *, rounds: int, max_points: int = 50
+) -> Spend:
+    """ε of a full-batch strategy's first ``rounds`` rounds by each accountant: the total and a curve over (at
+    most ``max_points``) rounds, each point the heterogeneous composition of the rounds so far."""
+    at = curve_steps(rounds, max_points)
+    prefixes = [schedule.mechanisms(r) for r in at]
+    curve = {a: sequence_curve(a, prefixes, delta) for a in accountants}
+    return Spend(epsilon={a: curve[a][-1] for a in accountants}, rounds_at=at, curve=curve)
+
+
 def spend_rounds(plan: PrivacyPlan, rounds: int | None = None) -> Spend:
     """What ``plan`` spends over its rounds (or over the first ``rounds``), by each of its accountants."""
+    if plan.schedule is not None:
+        return spend_schedule(
+            plan.schedule,
+            plan.config.delta,
+            plan.accountants,
+            rounds=plan.rounds if rounds is None else rounds,
+        )
     mech = plan.mechanism if rounds is None else plan.mechanism_after(rounds)
     return spend(mech, plan.config.delta, plan.accountants, steps_per_round=plan.steps_per_round)
 
 
-def plan_and_spend(scenario: Scenario, client_sizes: Sequence[int] | None = None) -> tuple[PrivacyPlan, Spend]:
+def plan_and_spend(
+    scenario: Scenario, client_sizes: Sequence[int] | None = None
+) -> tuple[PrivacyPlan, Spend]:
     """The scenario's resolved DP plan and what it spends (the run's curve and totals)."""
     plan = plan_from_scenario(scenario, client_sizes)
     return plan, spend_rounds(plan)

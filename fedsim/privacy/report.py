@@ -38,7 +38,7 @@ def measured_clipping(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | N
     """
     dp = [r for r in rows if r.get("dp_clip") is not None]
     if not dp:
-        return None
+        return _full_batch_clipping(rows)
 
     def mean(key: str) -> float | None:
         vals = [float(r[key]) for r in dp if r.get(key) is not None and math.isfinite(float(r[key]))]
@@ -56,6 +56,19 @@ def measured_clipping(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | N
         "noise_std_on_mean": mean("dp_noise_std_on_mean"),
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _full_batch_clipping(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """DIFF2/DP-GD rows (``kind``, ``clip_fraction``, ``radius``): the mean fraction of per-example gradients
+    (restart rounds) and gradient differences (difference rounds) clipped, and the mean radius of each kind."""
+    out: dict[str, float] = {}
+    for kind in ("restart", "difference"):
+        here = [r for r in rows if r.get("kind") == kind and r.get("clip_fraction") is not None]
+        if here:
+            out[f"{kind}_rounds"] = len(here)
+            out[f"{kind}_clipped_fraction"] = float(np.mean([float(r["clip_fraction"]) for r in here]))
+            out[f"{kind}_radius_mean"] = float(np.mean([float(r["radius"]) for r in here]))
+    return out or None
 
 
 def privacy_record(
@@ -92,7 +105,9 @@ def privacy_record(
     }
     if rounds_run is not None:
         record["rounds_run"] = rounds_run
-    if cfg.level == "sample":
+    if plan.schedule is not None:
+        record |= _full_batch_keys(plan)
+    elif cfg.level == "sample":
         record |= _sample_level_keys(plan)
     if plan.extrapolated is not None:
         ex = plan.extrapolated
@@ -107,6 +122,42 @@ def privacy_record(
     if measured is not None:
         record["measured_clipping"] = dict(measured)
     return record
+
+
+def _full_batch_keys(plan: PrivacyPlan) -> dict[str, Any]:
+    """What DIFF2 / DP-GD adds: the strategy, both σ and clips, and the list of mechanisms composed."""
+    sch = plan.schedule
+    assert sch is not None
+    mechanisms = []
+    for kind in ("restart", "difference"):
+        count = sch.kinds.count(kind)
+        if count:
+            clip = sch.clip1 if kind == "restart" else sch.clip2
+            mechanisms.append(
+                {
+                    "kind": kind,
+                    "noise_multiplier": sch.sigma(kind),
+                    "sample_rate": 1.0,
+                    "rounds": count,
+                    "l2_sensitivity": (
+                        f"{clip:g}/(P·n_min) = {clip / (sch.clients * sch.min_examples):.6g}"
+                        if kind == "restart"
+                        else f"{clip:g}·‖x_(r−1) − x_(r−2)‖/(P·n_min)"
+                    ),
+                }
+            )
+    return {
+        "strategy": sch.strategy,
+        "clip": sch.clip1,
+        "clip2": sch.clip2 if sch.strategy == "diff2" else None,
+        "noise_multiplier2": sch.noise_multiplier2,
+        "noise_ratio": sch.noise_ratio,
+        "restart_every": sch.restart_every,
+        "clients": sch.clients,
+        "min_examples": sch.min_examples,
+        "mechanisms": mechanisms,
+        "client_participation": "every client, every round (full batch, q = 1: no amplification by sampling)",
+    }
 
 
 def _sample_level_keys(plan: PrivacyPlan) -> dict[str, Any]:
@@ -143,7 +194,6 @@ def _fmt(x: float) -> str:
 
 def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
     """``privacy.md``: the guarantee in words, parameters, ε per accountant, caveats, measured clipping."""
-    cfg = plan.config
     eps = record["epsilon"]
     lines = []
     if record["insecure_seed"]:
@@ -162,7 +212,7 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
         "",
         "## Statement",
         "",
-        _sample_level_statement(record, plan) if cfg.level == "sample" else _client_level_statement(record, plan),
+        _statement_words(record, plan),
         "",
         "| accountant | ε | δ |",
         "|---|---|---|",
@@ -224,6 +274,45 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
     return "\n".join(lines)
 
 
+def _statement_words(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
+    if plan.schedule is not None:
+        return _full_batch_statement(record, plan)
+    if plan.config.level == "sample":
+        return _sample_level_statement(record, plan)
+    return _client_level_statement(record, plan)
+
+
+def _full_batch_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
+    sch = plan.schedule
+    assert sch is not None
+    what = (
+        f"DIFF2-GD (restart every T = {sch.restart_every} rounds)"
+        if sch.strategy == "diff2"
+        else "DP-GD (full-batch gradient descent)"
+    )
+    parts = ", ".join(
+        f"{m['rounds']} {m['kind']} round(s) with noise multiplier {_fmt(m['noise_multiplier'])}"
+        for m in record["mechanisms"]
+    )
+    return (
+        f"{what} with sample-level DP: every round each of the {sch.clients} clients computes every one of its "
+        "examples' gradients (or, in DIFF2's difference rounds, gradient differences between the last two "
+        f"iterates), clips each to L2 norm {_fmt(sch.clip1)} (restart rounds)"
+        + (
+            f" or {_fmt(sch.clip2)}·‖x_(r−1) − x_(r−2)‖ (difference rounds)"
+            if sch.strategy == "diff2"
+            else ""
+        )
+        + ", and averages them; the server averages the clients' means and adds Gaussian noise once, of standard "
+        "deviation noise multiplier × clip/(P·n_min) (the aggregate's L2 sensitivity to adding or removing one "
+        f"example, with the client sizes public; n_min = {sch.min_examples}). Every client takes part in every "
+        f"round (q = 1, no amplification). The run composes {parts}: it is "
+        f"({_fmt(max(record['epsilon'].values()))}, {record['delta']:g})-differentially private with respect to "
+        "adding or removing one example of one client's data (by the most conservative of the accountants "
+        "below, each composing this heterogeneous sequence)."
+    )
+
+
 def _client_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
     cfg = plan.config
     return (
@@ -257,8 +346,37 @@ def _sample_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str
 def _parameter_rows(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
     cfg = plan.config
     sigma = f"| noise multiplier σ | {_fmt(record['noise_multiplier'])}" + (
-        f" (calibrated for target ε = {cfg.target_epsilon:g} with {plan.accountants[0]})" if plan.calibrated else ""
+        f" (calibrated for target ε = {cfg.target_epsilon:g} with {plan.accountants[0]})"
+        if plan.calibrated
+        else ""
     )
+    if plan.schedule is not None:
+        sch = plan.schedule
+        rows = [
+            f"| strategy | {sch.strategy} |",
+            "| level | sample (one example of one client's data is the unit protected) |",
+            sigma.replace("noise multiplier σ", "noise multiplier σ1 (restart rounds)")
+            + (f", σ2/σ1 = {_fmt(sch.noise_ratio)} fixed" if plan.calibrated else "")
+            + " |",
+            f"| clip C1 (per example, restart rounds) | {_fmt(sch.clip1)} |",
+        ]
+        if sch.strategy == "diff2":
+            rows += [
+                f"| noise multiplier σ2 (difference rounds) | {_fmt(sch.noise_multiplier2)} |",
+                f"| clip C2 (per example difference, per unit step norm) | {_fmt(sch.clip2)} |",
+                f"| restart period T | {sch.restart_every} |",
+            ]
+        rows += [
+            *[
+                f"| mechanism: {m['kind']} rounds | {m['rounds']} × Gaussian, σ = {_fmt(m['noise_multiplier'])}, "
+                f"q = 1, sensitivity {m['l2_sensitivity']} |"
+                for m in record["mechanisms"]
+            ],
+            f"| clients P, smallest n_min | {sch.clients}, {sch.min_examples} |",
+            f"| rounds | {record['rounds']} |",
+            f"| δ | {record['delta']:g} |",
+        ]
+        return rows
     if cfg.level == "sample":
         return [
             "| level | sample (one example of one client's data is the unit protected) |",
@@ -307,6 +425,8 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
             "is not hardened against the attacks of Mironov (CCS 2012); a deployment should use a CSPRNG-backed "
             "sampler."
         )
+    if plan.schedule is not None:
+        return out + _full_batch_caveats(plan)
     if plan.config.level == "sample":
         return out + _sample_level_caveats(record)
     if record["sampling"] == "poisson":
@@ -334,6 +454,25 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
         out.append(
             "Adaptive clipping: the count of unclipped clients is released with its own noise; the update noise is "
             "reduced so the pair costs what σ alone costs (Andrew et al., Theorem 1)."
+        )
+    return out
+
+
+def _full_batch_caveats(plan: PrivacyPlan) -> list[str]:
+    sch = plan.schedule
+    assert sch is not None
+    out = [
+        "Central DP: the clients send their clipped means to the server unnoised and the server adds the noise "
+        "once; the guarantee is for what the server releases (the iterates), against anyone but the server.",
+        "Each client's number of examples is treated as public (the divisor of its clipped mean and n_min).",
+        "Full participation: every client in every round (q = 1), so no amplification by sampling is claimed; "
+        "a client that fails stops the run rather than changing the mechanism.",
+    ]
+    if sch.strategy == "diff2":
+        out.append(
+            "A difference round's sensitivity scales with the step ‖x_(r−1) − x_(r−2)‖, which is public (both "
+            "iterates were released); a zero step releases exactly 0 but is still counted, so ε is a "
+            "data-independent upper bound."
         )
     return out
 

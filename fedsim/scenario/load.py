@@ -147,6 +147,14 @@ def check_registered_names(scenario: Scenario) -> None:
     from strategies.server_optimizers import build_server_optimizer
 
     build_strategy(scenario.strategy, scenario.population.clients)  # its arguments, checked by the factory
+    if scenario.strategy.name == "gossip" and scenario.privacy is not None:
+        raise ConfigError(
+            "privacy",
+            "null with strategy 'gossip' (this version has no DP accounting for decentralised gossip: every "
+            "node's model is sent to its neighbours, not noised once on a server)",
+            scenario.privacy.level,
+        )
+    _check_full_batch_strategy(scenario)
     availability = scenario.population.devices.availability
     if not isinstance(availability, int | float):  # a trace file: read it now, not when the run has started
         from fedsim.engine.profiles import load_trace
@@ -183,6 +191,61 @@ def check_registered_names(scenario: Scenario) -> None:
         from fedsim.engine.setup import build_data, build_initial_model
 
         data = build_data(scenario)
+        _check_task(scenario, data.task)
+        if (
+            scenario.strategy.name == "gossip"
+        ):  # the topology (connected?) and the protocol, before any worker starts
+            from fedsim.gossip.network import build_network
+
+            model = build_initial_model(scenario, data)
+            if any(True for _ in model.buffers()):
+                raise ConfigError(
+                    "model", "a model without buffers (no BatchNorm) for gossip", scenario.model.name
+                )
+            build_network(scenario, data, model)
         # σ does not decide which trainer runs; the server sends the resolved one every round
         cfg = train_config(scenario, {NOISE_MULTIPLIER_KEY: 1.0})
         select_cohort_trainer(scenario.engine.vectorize, build_initial_model(scenario, data), cfg)
+
+
+def _check_full_batch_strategy(scenario: Scenario) -> None:
+    """DIFF2-GD / DP-GD (``strategies.diff2``) use every client in every round: no cohort, no failures."""
+    from strategies.diff2 import DIFF2_NAMES
+
+    name = scenario.strategy.name
+    if name not in DIFF2_NAMES:
+        return
+    devices, clients = scenario.population.devices, scenario.population.clients
+    if scenario.strategy.clients_per_round != clients:
+        raise ConfigError(
+            "strategy.clients_per_round",
+            f"equal to population.clients ({clients}) for {name} (every client takes part in every round)",
+            scenario.strategy.clients_per_round,
+        )
+    if devices.failure != 0 or devices.availability != 1.0:
+        field = "failure" if devices.failure != 0 else "availability"
+        raise ConfigError(
+            f"population.devices.{field}",
+            f"{'0' if field == 'failure' else '1.0'} for {name} (its recursion needs every client every round)",
+            getattr(devices, field),
+        )
+
+
+def _check_task(scenario: Scenario, task: str | None) -> None:
+    """Regression data go with the full-batch squared-loss strategies only, and those need regression data."""
+    from strategies.diff2 import DIFF2_NAMES
+
+    name = scenario.strategy.name
+    if name in DIFF2_NAMES and task != "regression":
+        raise ConfigError(
+            "data.dataset",
+            f"a regression dataset (diabetes, regression) for {name} (it fits the squared loss)",
+            scenario.data.dataset,
+        )
+    if name not in DIFF2_NAMES and task == "regression":
+        raise ConfigError(
+            "strategy.name",
+            f"one of {', '.join(DIFF2_NAMES)} for the regression dataset {scenario.data.dataset!r} (the other "
+            "strategies train classifiers with the cross-entropy loss)",
+            name,
+        )

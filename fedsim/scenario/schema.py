@@ -208,6 +208,49 @@ class PrivacyConfig(_Frozen):
         return 1.0 if self.noise_multiplier is None else self.noise_multiplier
 
 
+class TopologyConfig(_Frozen):
+    """The gossip graph (``fedsim.gossip.topology``): ``kind`` and its arguments, e.g. ``{kind: regular, args: {k: 8}}``;
+    ``seed`` (default: the scenario's) draws random graphs."""
+
+    kind: str = "regular"
+    args: dict[str, Any] = Field(default_factory=lambda: {"k": 8})
+    seed: int | None = Field(default=None, ge=0)
+
+
+class GossipSettings(_Frozen):
+    """Decentralised gossip learning (``strategy.name: gossip``): no server model; every client is a node.
+
+    Each node trains ``unit`` (a mini-batch of ``client.batch_size`` or an epoch) with ``client.optimizer`` at each
+    of its events, sends per ``mode``, and merges per ``rule`` when its buffer holds as many models as it has
+    neighbours (or after ``timeout`` ticks with a non-empty buffer). Events are ``interval`` ticks apart (uniform,
+    the authors' 8..12) with ``schedule: uniform``, or from the device profiles with ``schedule: profile``
+    (``⌈(work/speed + degree·model_bytes/bandwidth)/tick_s⌉`` ticks). The run lasts ``ticks``; evaluation every
+    ``eval_every`` ticks. ``init: independent`` gives every node its own initial model (uncorrelated, the setting
+    of the vanishing-variance problem); ``shared`` one model for all (as FL starts).
+    """
+
+    topology: TopologyConfig = TopologyConfig()
+    rule: Literal["plain", "corrected"] = "corrected"
+    beta: float = Field(default=0.5, ge=0.0, le=1.0)
+    eps: float = Field(default=1e-4, ge=0.0, allow_inf_nan=False)
+    mode: Literal["push", "pull", "push-pull"] = "push"
+    unit: Literal["minibatch", "epoch"] = "minibatch"
+    schedule: Literal["uniform", "profile"] = "uniform"
+    interval: tuple[int, int] = (8, 12)
+    tick_s: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    timeout: int = Field(default=100, ge=1)
+    ticks: int = Field(default=1000, ge=1)
+    eval_every: int = Field(default=50, ge=1)
+    init: Literal["independent", "shared"] = "independent"
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError(f"must be two integers 1 <= lo <= hi. Got {list(v)}")
+        return v
+
+
 class EngineConfig(_Frozen):
     workers: int | str = "auto"
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
@@ -252,9 +295,33 @@ class Scenario(_Frozen):
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
     privacy: PrivacyConfig | None = None
+    gossip: GossipSettings | None = None
     engine: EngineConfig = EngineConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
+
+    @property
+    def gossip_settings(self) -> GossipSettings:
+        """The gossip block, or its defaults when a gossip scenario leaves it out."""
+        return self.gossip or GossipSettings()
+
+    @property
+    def planned_rounds(self) -> int:
+        """How many metrics rows after the first the run writes: ``rounds``, or for gossip (which has no rounds)
+        one per evaluation after tick 0 (``gossip.ticks // gossip.eval_every``)."""
+        if self.strategy.name == "gossip":
+            g = self.gossip_settings
+            return g.ticks // g.eval_every
+        return self.rounds
+
+    @model_validator(mode="after")
+    def _gossip_block_goes_with_the_gossip_strategy(self) -> Scenario:
+        if self.gossip is not None and self.strategy.name != "gossip":
+            raise ValueError(
+                f"gossip: the gossip block needs strategy.name 'gossip' (got {self.strategy.name!r}); remove the "
+                "block for a server strategy"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cohort_fits_population(self) -> Scenario:

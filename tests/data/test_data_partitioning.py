@@ -27,7 +27,7 @@ def _assert_disjoint(data: FederatedData) -> np.ndarray:
 
 
 def test_registries_list_the_documented_names():
-    assert dataset_names() == ["blobs", "digits", "mnist1d", "synthetic"]
+    assert dataset_names() == ["blobs", "diabetes", "digits", "mnist1d", "regression", "synthetic"]
     assert partitioner_names() == ["dirichlet", "iid", "natural", "pathological", "shard"]
 
 

@@ -91,7 +91,8 @@ BAD = [
     ),
     (
         "name: x\nstrategy: {name: fedavgg}\n",
-        "strategy.name must be one of async_fedavg, fedadam, fedavg, fedavg_sync, fedavgm, fedbuff, fedfix, fedyogi. "
+        "strategy.name must be one of async_fedavg, diff2, dp_gd, fedadam, fedavg, fedavg_sync, fedavgm, fedbuff, "
+        "fedfix, fedyogi, gossip. "
         "Got 'fedavgg'.",
     ),
     ("name: x\nmodel: {name: resnet}\n", "model.name must be one of cnn, mlp, simple_cnn. Got 'resnet'."),

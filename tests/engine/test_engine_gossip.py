@@ -1,0 +1,184 @@
+"""Gossip on the engine (Ray-free, through the in-process grid and the real ClientApp): node models live on the
+workers that own them, one message per worker per superstep, and the run equals one process running every node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from local_grid import LocalGrid, MemoryRecorder
+
+from fedsim.engine.server import Engine
+from fedsim.engine.setup import build_data, build_initial_model
+from fedsim.errors import ConfigError, EngineError
+from fedsim.gossip.network import build_shard
+from fedsim.gossip.simulator import evaluate_nodes
+from fedsim.gossip.supersteps import run_in_process
+from fedsim.scenario import parse_scenario
+from fedsim.scenario.load import check_registered_names
+
+BASE = {
+    "name": "gossip-engine",
+    "seed": 3,
+    "data": {"dataset": "digits", "partitioner": "iid", "partitioner_args": {}},
+    "population": {"clients": 12},
+    "model": {"name": "mlp", "args": {"hidden": [16]}},
+    "client": {"batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.1}},
+    "strategy": {"name": "gossip"},
+    "gossip": {
+        "topology": {"kind": "regular", "args": {"k": 4}},
+        "ticks": 60,
+        "eval_every": 30,
+        "timeout": 20,
+    },
+    "engine": {"workers": 3, "vectorize": "on"},
+}
+
+
+def scenario(batch_size=8, **gossip):
+    client = {**BASE["client"], "batch_size": batch_size}
+    return parse_scenario({**BASE, "client": client, "gossip": {**BASE["gossip"], **gossip}})
+
+
+def run_engine(sc, workers=(11, 22, 33)):
+    grid, rec = LocalGrid(list(workers)), MemoryRecorder()
+    Engine(sc, rec, expected_workers=len(workers)).run(grid)
+    return rec.rows, grid
+
+
+def one_process(sc):
+    data = build_data(sc)
+    model = build_initial_model(sc, data)
+    shard = build_shard(sc, data, model, np.arange(sc.population.clients))
+    rows = []
+
+    def on_eval(tick, reports):
+        rows.append(
+            {
+                "tick": tick,
+                **reports[0].counts,
+                **evaluate_nodes(model, reports[0].params, data.test_x, data.test_y),
+            }
+        )
+
+    g = sc.gossip_settings
+    run_in_process(
+        [shard],
+        np.zeros(sc.population.clients, dtype=np.int64),
+        horizon=g.ticks,
+        eval_every=g.eval_every,
+        on_eval=on_eval,
+    )
+    return rows
+
+
+@pytest.mark.parametrize(
+    "gossip",
+    [
+        {"mode": "push"},
+        {"mode": "pull", "rule": "plain"},
+        {"mode": "push-pull", "unit": "epoch", "batch_size": 48},
+    ],
+    ids=["push", "pull-plain", "push-pull-epoch"],
+)
+def test_the_engine_runs_the_network_as_one_process_would(gossip):
+    sc = scenario(**gossip)
+    rows, grid = run_engine(sc)
+    want = one_process(sc)
+    assert [r["tick"] for r in rows] == [r["tick"] for r in want] == [0, 30, 60]
+    for a, b in zip(rows, want, strict=True):
+        for k in ("trained", "sent", "merges", "timeout_merges"):
+            assert a[k] == b[k], (a["tick"], k)
+        for k in ("test_accuracy_mean", "test_accuracy_avg_model", "consensus_distance"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["tick"], k)
+    assert rows[-1]["merges"] > 0 and rows[-1]["models_across_workers"] > 0
+    # one message per worker per superstep, every superstep to every worker
+    supersteps = {}
+    for step, node in grid.sent:
+        supersteps.setdefault(step, []).append(node)
+    assert all(sorted(nodes) == [11, 22, 33] for nodes in supersteps.values())
+
+
+def test_results_do_not_depend_on_the_number_of_workers():
+    sc = scenario(mode="push-pull")
+    one, _ = run_engine(sc, workers=(5,))
+    two, _ = run_engine(sc, workers=(5, 6))
+    for a, b in zip(one, two, strict=True):
+        assert a["merges"] == b["merges"] and a["sent"] == b["sent"]
+        assert a["test_accuracy_mean"] == pytest.approx(b["test_accuracy_mean"], abs=1e-6)
+    assert one[-1]["models_across_workers"] == 0 < two[-1]["models_across_workers"]
+
+
+def test_offline_nodes_and_timeouts_on_the_engine():
+    sc = parse_scenario(
+        {
+            **BASE,
+            "population": {"clients": 12, "devices": {"availability": 0.6}},
+            "gossip": {**BASE["gossip"], "timeout": 15},
+        }
+    )
+    rows, _ = run_engine(sc)
+    want = one_process(sc)
+    assert [r["merges"] for r in rows] == [r["merges"] for r in want]
+    assert rows[-1]["timeout_merges"] > 0 and min(r["online"] for r in rows[1:]) < 12
+
+
+def test_device_profile_schedules_pace_the_nodes():
+    fast = parse_scenario(
+        {**BASE, "population": {"clients": 12, "devices": {"speed": {"dist": "constant", "value": 80.0}}},
+         "gossip": {**BASE["gossip"], "schedule": "profile", "tick_s": 0.1}}
+    )  # fmt: skip
+    slow = parse_scenario(
+        {**BASE, "population": {"clients": 12, "devices": {"speed": {"dist": "constant", "value": 20.0}}},
+         "gossip": {**BASE["gossip"], "schedule": "profile", "tick_s": 0.1}}
+    )  # fmt: skip
+    rows_fast, _ = run_engine(fast)
+    rows_slow, _ = run_engine(slow)
+    # 8 examples at 80/s = 0.1 s (+ sending 4 models at 1e7 B/s) -> 2 ticks; at 20/s 0.4 s -> 5 ticks
+    assert rows_fast[-1]["trained"] == pytest.approx(12 * 60 / 2, rel=0.1)
+    assert rows_slow[-1]["trained"] == pytest.approx(12 * 60 / 5, rel=0.1)
+
+
+def test_a_worker_that_lost_its_state_stops_the_run_with_one_line():
+    sc = scenario()
+    grid, rec = LocalGrid([11, 22]), MemoryRecorder()
+    original = grid.push_messages
+
+    def forgetful(messages):
+        if any(m.content.config_records["fedsim.config"].get("round") == 3 for m in messages):
+            grid.forget_state(22)
+        return original(messages)
+
+    grid.push_messages = forgetful
+    with pytest.raises(
+        EngineError, match=r"worker 22 failed in gossip superstep 3: .*lost its gossip nodes' state"
+    ):
+        Engine(sc, rec, expected_workers=2).run(grid)
+
+
+def test_bad_gossip_settings_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"gossip.topology.k"):
+        check_registered_names(scenario(topology={"kind": "regular", "args": {"k": 40}}))
+    with pytest.raises(ConfigError, match=r"gossip.topology"):
+        check_registered_names(
+            parse_scenario({**BASE, "gossip": {"topology": {"kind": "erdos_renyi", "args": {"p": 0.01}}}})
+        )
+    with pytest.raises(ConfigError, match=r"privacy"):
+        check_registered_names(parse_scenario({**BASE, "privacy": {"level": "client"}}))
+    with pytest.raises(ConfigError, match=r"strategy.args.rule"):
+        check_registered_names(
+            parse_scenario({**BASE, "strategy": {"name": "gossip", "args": {"rule": "plain"}}})
+        )
+
+
+def test_the_final_checkpoint_holds_every_node_model():
+    sc = scenario()
+    grid, rec = LocalGrid([1, 2]), MemoryRecorder()
+    saved = {}
+    rec.save_checkpoint = lambda **kw: saved.update(kw)
+    Engine(sc, rec, expected_workers=2).run(grid)
+    models = saved["strategy_state"]["node_models"]
+    assert all(t.shape[0] == 12 for t in models.values())
+    for k, v in saved["params"].items():  # the checkpoint's model is the average of the node models
+        torch.testing.assert_close(v, models[k].mean(0))
+    assert saved["round"] == sc.planned_rounds == 2
