@@ -55,6 +55,8 @@ def with_overrides(sc: Scenario, source: str, *, rounds: int | None = None, no_p
 
     data = sc.model_dump(mode="json")
     options = []
+    if rounds is not None and sc.strategy.name == "gossip":
+        raise ConfigError("--rounds", "left out for a gossip scenario (its length is gossip.ticks)", rounds)
     if rounds is not None:
         data["rounds"], options = rounds, [*options, "--rounds"]
     if no_privacy:

@@ -82,7 +82,7 @@ def run_diff2_loop(
     strategy: Diff2Strategy,
 ) -> RunSummary:
     """Run ``scenario.rounds`` rounds of ``strategy`` (DIFF2-GD or DP-GD) on the workers of ``grid``."""
-    from fedsim.engine.server import RunSummary, iter_replies
+    from fedsim.engine.server import RunSummary, iter_replies, round_timings
 
     sc = engine.scenario
     check_full_participation(engine, data)
@@ -182,15 +182,9 @@ def run_diff2_loop(
         if rnd % sc.evaluation.every == 0 or rnd == sc.rounds:
             row["test_loss"] = test_mse(model, state.x, spec, data.test_x, data.test_y)
         train_s = max(r.train_s for r in ordered)
-        done = time.monotonic()
-        row |= {
-            "wall_time_s": round(done - start, 4),
-            "round_wall_s": round(done - t0, 4),
-            "time_dispatch_s": round(t_replies - t0 - train_s, 4),
-            "time_train_s": round(train_s, 4),
-            "time_aggregate_s": round(t_aggregated - t_replies, 4),
-            "time_eval_s": round(done - t_aggregated, 4),
-        }
+        row |= round_timings(
+            start=start, t0=t0, t_replies=t_replies, t_aggregated=t_aggregated, train_s=train_s
+        )
         engine.recorder.write_round(row)
         every = sc.output.checkpoint_every
         if every and rnd % every == 0 and rnd != sc.rounds:

@@ -2,13 +2,14 @@
 between.
 
 Why this module exists: gossip has no server model, so the engine only routes. Each logical client is a gossip
-node owned by one worker (the engine's stable sharding rule, or in deployment the device that owns it). Every
-superstep sends each worker ONE message (``train.gossip``): the models other workers' nodes sent to its nodes at
-the last tick, and which tick to run next (``fedsim.gossip.supersteps``); the worker runs its shard of nodes,
-stacked and trained together, keeps it in its ``context.state`` and answers with the models its nodes send to
-other workers' nodes. So models cross workers once per tick in one message per worker, not one Flower message per
-model. At evaluation ticks the workers also return their node models; the server evaluates them (node accuracy
-mean and spread, the average model, consensus distance, per-layer variance) and writes one metrics row.
+node owned by one worker (the engine's stable sharding rule; with a deployment ``placement``, the device that owns
+it, untested). Every superstep sends each worker ONE message (``train.gossip``): the models other workers' nodes
+sent to its nodes at the last tick, and which tick to run next (``fedsim.gossip.supersteps``); the worker runs its
+shard of nodes, stacked and trained together, keeps it in its ``context.state`` and answers with the models its
+nodes send to other workers' nodes. So models cross workers once per tick in one message per worker, not one
+Flower message per model. At evaluation ticks the workers also return their node models; the server evaluates
+them (node accuracy mean and spread, the average model, consensus distance, per-layer variance) and writes one
+metrics row.
 
 A worker that fails or does not answer stops the run with a one-line error (its nodes' state is lost); node
 faults are the scenario's availability and failure rates, which the protocol handles (offline nodes neither send

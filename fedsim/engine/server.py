@@ -178,6 +178,20 @@ def evaluate(
     return loss_sum / len(x), correct / len(x)
 
 
+def round_timings(*, start: float, t0: float, t_replies: float, t_aggregated: float, train_s: float) -> dict[str, float]:
+    """A round's timing keys (monotonic clock readings: run start, round start, replies in, aggregated; now =
+    the end): wall so far, the round's wall, and its split into dispatch, training, aggregation, evaluation."""
+    done = time.monotonic()
+    return {
+        "wall_time_s": round(done - start, 4),
+        "round_wall_s": round(done - t0, 4),
+        "time_dispatch_s": round(t_replies - t0 - train_s, 4),
+        "time_train_s": round(train_s, 4),
+        "time_aggregate_s": round(t_aggregated - t_replies, 4),
+        "time_eval_s": round(done - t_aggregated, 4),
+    }
+
+
 def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.Tensor]) -> ReducedUpdates:
     """Sum the workers' reduced sums into one :class:`ReducedUpdates`."""
     total = {k: torch.zeros_like(v) for k, v in params.items() if v.is_floating_point()}
@@ -334,16 +348,10 @@ class Engine:
                 model.load_state_dict(params)
                 row["test_loss"], row["test_accuracy"] = evaluate(model, data.test_x, data.test_y)
             train_s = max((r.train_s for r in results), default=0.0)
-            done = time.monotonic()
-            row |= {
-                "wall_time_s": round(done - start, 4),
-                "round_wall_s": round(done - t0, 4),
-                "time_dispatch_s": round(t_replies - t0 - train_s, 4),
-                "time_train_s": round(train_s, 4),
-                "time_aggregate_s": round(t_aggregated - t_replies, 4),
-                "time_eval_s": round(done - t_aggregated, 4),
-                "time_round_trip_s": round(replies.round_trip_s, 4),
-            }
+            row |= round_timings(
+                start=start, t0=t0, t_replies=t_replies, t_aggregated=t_aggregated, train_s=train_s
+            )
+            row["time_round_trip_s"] = round(replies.round_trip_s, 4)
             self.recorder.write_round(row)
             every = sc.output.checkpoint_every
             if every and rnd % every == 0 and rnd != sc.rounds:

@@ -64,7 +64,7 @@ def execute(shard: GossipShard, order: WorkOrder) -> ShardReport:
             counts, online = dict(shard.counts), int(shard.online.sum())
     mail, pulled = Mail.empty(shard.params), np.zeros(0, dtype=np.int64)
     if order.a_tick is not None:
-        pulled = shard.owned[shard.next_event == order.a_tick] if shard.cfg.pulls else pulled
+        pulled = shard.pullers_due(order.a_tick)  # their next events are known once phase A has run
         mail = shard.phase_a(order.a_tick, order.serve)
     elif order.b_tick == 0 and shard.cfg.pulls:
         pulled = shard.owned  # the first report: every node's first event

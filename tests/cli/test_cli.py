@@ -50,3 +50,13 @@ def test_run_with_a_missing_file_and_bad_round_override(tmp_path):
     assert out.returncode == 2 and "no such scenario file" in out.stderr and "Traceback" not in out.stderr
     out = fedsim("run", "scenarios/quickstart.yaml", "--rounds", "0")
     assert out.returncode == 2 and "rounds must be a number >= 1. Got 0." in out.stderr
+
+
+def test_gossip_scenarios_validate_and_refuse_a_round_override():
+    out = fedsim("validate", "scenarios/gossip-digits.yaml")
+    assert out.returncode == 0 and "gossip-digits: 1000 ticks, 50 nodes" in out.stdout
+    out = fedsim("run", "scenarios/gossip-digits.yaml", "--rounds", "3")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "fedsim: error: --rounds must be left out for a gossip scenario (its length is gossip.ticks). Got 3."
+    ]
