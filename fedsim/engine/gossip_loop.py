@@ -140,7 +140,7 @@ def _row(
     counts = {k: sum(r.counts.get(k, 0) for r in reports) for k in sorted(reports[0].counts)}
     metrics = evaluate_nodes(model, params, data.test_x.cpu(), data.test_y.cpu())
     return {
-        "round": tick // g.eval_every,
+        "round": -(-tick // g.eval_every),  # the evaluation's number (the last one may fall at the horizon)
         "tick": tick,
         "virtual_time_s": round(tick * g.tick_s, 6),
         **counts,

@@ -83,7 +83,7 @@ def execute(shard: GossipShard, order: WorkOrder) -> ShardReport:
 
 class Coordinator:
     """Plans supersteps for ``shards`` shards of a network (``owner[i]`` = the shard of node i) up to tick
-    ``horizon``, evaluating every ``eval_every`` ticks from tick 0."""
+    ``horizon``, evaluating every ``eval_every`` ticks from tick 0, and at the horizon."""
 
     def __init__(
         self,
@@ -115,7 +115,8 @@ class Coordinator:
         inboxes = self.route([r.mail for r in reports])
         b_tick = self.a_tick  # phase A of this tick ran in the last superstep: phase B now
         now = b_tick if b_tick is not None else 0
-        nxt = min([r.next_tick for r in reports] + [(now // self.eval_every + 1) * self.eval_every])
+        next_eval = min((now // self.eval_every + 1) * self.eval_every, max(self.horizon, now + 1))
+        nxt = min([r.next_tick for r in reports] + [next_eval])
         if any(len(m) for m in inboxes):
             nxt = min(nxt, now + 1)
         a_tick = nxt if nxt <= self.horizon else None
@@ -124,7 +125,7 @@ class Coordinator:
             if b_tick is None:
                 return None
         self.a_tick = a_tick
-        evaluate = b_tick is not None and b_tick % self.eval_every == 0
+        evaluate = b_tick is not None and (b_tick % self.eval_every == 0 or b_tick == self.horizon)
         serve = self._serve(a_tick)
         return [
             WorkOrder(b_tick=b_tick, inbox=inboxes[s], evaluate=evaluate, a_tick=a_tick, serve=serve[s])

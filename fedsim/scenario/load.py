@@ -192,9 +192,8 @@ def check_registered_names(scenario: Scenario) -> None:
 
         data = build_data(scenario)
         _check_task(scenario, data.task)
-        if (
-            scenario.strategy.name == "gossip"
-        ):  # the topology (connected?) and the protocol, before any worker starts
+        if scenario.strategy.name == "gossip":
+            # the topology (connected?) and the protocol, before any worker starts
             from fedsim.gossip.network import build_network
 
             model = build_initial_model(scenario, data)

@@ -308,10 +308,10 @@ class Scenario(_Frozen):
     @property
     def planned_rounds(self) -> int:
         """How many metrics rows after the first the run writes: ``rounds``, or for gossip (which has no rounds)
-        one per evaluation after tick 0 (``gossip.ticks // gossip.eval_every``)."""
+        one per evaluation after tick 0 (every ``gossip.eval_every`` ticks, and at ``gossip.ticks``)."""
         if self.strategy.name == "gossip":
             g = self.gossip_settings
-            return g.ticks // g.eval_every
+            return -(-g.ticks // g.eval_every)
         return self.rounds
 
     @model_validator(mode="after")

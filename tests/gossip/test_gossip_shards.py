@@ -162,3 +162,12 @@ def test_profile_intervals_follow_speed_bandwidth_and_fanout():
     first = sched.first_events(np.array([0, 1]))
     assert 1 <= first[0] <= 40 and 1 <= first[1] <= 3
     assert sched.gaps(np.array([0, 1]), np.array([5, 5])).tolist() == [40, 3]
+
+
+def test_the_horizon_is_evaluated_when_it_is_not_a_multiple_of_the_period():
+    graph = build_topology("ring", nodes=6)
+    rows, final = split_run(graph, 2, ticks=50, eval_every=30)
+    assert [r["tick"] for r in rows] == [0, 30, 50]
+    data = tiny_data(6)  # the last row is the final state
+    last = evaluate_nodes(nn.Linear(3, 2), final, data.test_x, data.test_y)
+    assert rows[-1]["consensus_distance"] == last["consensus_distance"]
