@@ -74,6 +74,8 @@ def write_report(
     best = max((r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None), default=None)
     dropped = sum(int(r.get("dropped", 0)) for r in rows)
     trained = sum(int(r.get("clients", 0)) for r in rows)
+    if scenario.strategy.name == "gossip" and rows:  # node training steps so far (a gossip row's counter)
+        trained = int(rows[-1].get("trained", 0))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
         f"# Run report: {scenario.name}",

@@ -130,6 +130,9 @@ def test_interrupting_fedsim_deploy_stops_every_process_it_started(tmp_path, sig
         [sys.executable, "-m", "fedsim.cli", "deploy", str(TINY), "--local", "2", "-o", str(tmp_path), "-q"],
         cwd=ROOT, env={**__import__("os").environ, "FEDSIM_TEST_MARK": mark},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a test run started in the background by a non-interactive shell inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
