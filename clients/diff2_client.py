@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
 
+from clients.dp_sgd import per_sample_grads
 from fedsim.data import FederatedData
-from fedsim.gradcore.clipping import clip_by_global_norm
+from fedsim.gradcore.clipping import clip_rows
 
 CHUNK_ROWS = 4096
 """Examples whose gradients are stacked at once (bounded memory on large clients)."""
@@ -67,28 +67,20 @@ def unflatten(x: torch.Tensor, spec: FlatSpec) -> dict[str, torch.Tensor]:
     return out
 
 
+def squared_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ℓ = (h(a) − y)² for one example (``out`` ``[1, 1]``, ``y`` ``[1]``)."""
+    return ((out.reshape(-1) - y) ** 2).sum()
+
+
 def per_example_grads(
     model: nn.Module, spec: FlatSpec, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∇ℓ(x; z) for every row z, flat ``[n, d]``; ℓ(x; z) ``[n]``) for the squared loss, in one vmap."""
-    params = unflatten(x, spec)
-
-    def loss(p: dict[str, torch.Tensor], a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, p, (a.unsqueeze(0),)).reshape(())
-        return (out - y) ** 2
-
-    grads, losses = vmap(grad_and_value(loss), in_dims=(None, 0, 0))(params, inputs, targets)
+    """(∇ℓ(x; z) for every row z, flat ``[n, d]``; ℓ(x; z) ``[n]``) for the squared loss, in one vmap
+    (``clients.dp_sgd.per_sample_grads``, as DP-SGD's)."""
+    grads, losses = per_sample_grads(
+        model, unflatten(x, spec), inputs, targets, loss_fn=squared_loss, return_losses=True
+    )
     return torch.cat([grads[n].reshape(len(inputs), -1) for n in spec.names], dim=1), losses
-
-
-def clip_rows(rows: torch.Tensor, radius: float) -> tuple[torch.Tensor, int]:
-    """Each row scaled to L2 norm at most ``radius`` (0: all zero; inf: unchanged) and how many were clipped."""
-    if radius == 0.0:
-        return torch.zeros_like(rows), int((rows.norm(dim=1) > 0).sum())
-    if radius == math.inf:
-        return rows, 0
-    clipped, _ = clip_by_global_norm(radius, batch_dims=1).update({"g": rows}, None)
-    return clipped["g"], int((torch.linalg.vector_norm(rows, dim=1) > radius).sum())
 
 
 @dataclass

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import torch
 
 from fedsim.errors import ConfigError
-from fedsim.gradcore.clipping import clip_by_global_norm
+from fedsim.gradcore.clipping import clip_rows
 from fedsim.gradcore.dp import add_gaussian_noise
 from fedsim.privacy.accounting import Mechanism, epsilon_of_sequence
 
@@ -147,12 +147,7 @@ def clipped_mean(grads: torch.Tensor, radius: float) -> torch.Tensor:
 
     ``radius = inf`` is the plain mean. A zero row stays zero (``clip_by_global_norm`` never divides by 0).
     """
-    if radius == 0.0:
-        return torch.zeros(grads.shape[1:], dtype=grads.dtype, device=grads.device)
-    if radius == math.inf:
-        return grads.mean(dim=0)
-    clipped, _ = clip_by_global_norm(radius, batch_dims=1).update({"g": grads}, None)
-    return clipped["g"].mean(dim=0)
+    return clip_rows(grads, radius)[0].mean(dim=0)
 
 
 def noise_std(noise_multiplier: float, radius: float, *, clients: int, min_examples: int) -> float:

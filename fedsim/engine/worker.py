@@ -160,14 +160,26 @@ def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first:
     from fedsim.engine.messages import GOSSIP_STATE
     from fedsim.gossip.network import build_shard
 
-    scenario = parse_scenario(scenario_dict, source="<message>")
+    scenario_json = json.dumps(scenario_dict, sort_keys=True)
     record = context.state.array_records.get(GOSSIP_STATE)
-    if record is None and not first:
+    if first:
+        return build_shard(parse_scenario(scenario_dict, source="<message>"), data, model, owned)
+    if record is None:
         return None
-    shard = build_shard(scenario, data, model, owned, initial=first)
-    if not first:
-        shard.load_state(dict(record.to_torch_state_dict()))
+    shard = _shard_skeleton(scenario_json, tuple(owned))
+    shard.load_state(dict(record.to_torch_state_dict()))  # replaces every piece of state the shard has
     return shard
+
+
+@lru_cache(maxsize=8)
+def _shard_skeleton(scenario_json: str, owned: tuple[int, ...]):
+    """A shard of ``owned`` built once per process (topology, schedule, optimizer, partitions), to load a saved
+    state into at every superstep instead of rebuilding it."""
+    from fedsim.gossip.network import build_shard
+
+    data, model, _ = _environment(scenario_json)
+    scenario = parse_scenario(json.loads(scenario_json), source="<message>")
+    return build_shard(scenario, data, model, owned, initial=False)
 
 
 def _save_gossip_shard(shard, context: Context) -> None:

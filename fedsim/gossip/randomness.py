@@ -26,9 +26,8 @@ FIRST = 5
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_KEYS = tuple(
-    np.uint64(k) for k in (0xD1B54A32D192ED03, 0xABC98388FB8FAC03, 0x8CB92BA72F3D8DD7, 0xE7037ED1A0B428DB)
-)
+_KEYS = tuple(np.uint64(k) for k in (0xD1B54A32D192ED03, 0xABC98388FB8FAC03, 0x8CB92BA72F3D8DD7))
+"""One odd multiplier per coordinate: node, event, lane."""
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -45,7 +44,7 @@ def uniform(
     coordinates always give the same number."""
     with np.errstate(over="ignore"):
         z = np.full(1, np.uint64(seed % 2**64), dtype=np.uint64) * _GOLDEN + np.uint64(purpose)
-        for key, part in zip(_KEYS, (node, event, lane), strict=False):
+        for key, part in zip(_KEYS, (node, event, lane), strict=True):
             z = _mix(z ^ (np.asarray(part, dtype=np.int64).astype(np.uint64) * key + _GOLDEN))
         z = _mix(z + _GOLDEN)
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -423,3 +423,4 @@ class GossipShard:
             {n: state[f"mail.{n}"].clone() for n in self.params},
         )
         self.counts = dict(zip(sorted(self.counts), state["counts"].tolist(), strict=True))
+        self.losses = []

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -35,25 +35,16 @@ from torch.func import functional_call, vmap
 
 from fedsim.data import FederatedData
 from fedsim.errors import ConfigError
-from fedsim.gossip.merge import DEFAULT_EPS
 from fedsim.gossip.schedule import Schedule
 from fedsim.gossip.shard import GossipShard, ProtocolConfig
 
 
 @dataclass(frozen=True)
-class GossipConfig:
-    """The protocol's settings (ticks are the simulator's abstract time unit, as in the authors' simulator)."""
+class GossipConfig(ProtocolConfig):
+    """The protocol's settings plus the simulator's schedule and evaluation (ticks are the simulator's abstract
+    time unit, as in the authors' simulator)."""
 
-    rule: str = "corrected"
-    beta: float = 0.5
-    eps: float = DEFAULT_EPS
-    mode: str = "push"
-    unit: str = "minibatch"
-    optimizer: str = "sgd"
-    optimizer_args: Mapping[str, Any] = field(default_factory=lambda: {"lr": 0.1})
-    batch_size: int = 32
     interval: tuple[int, int] = (8, 12)
-    timeout: int = 100
     availability: float = 1.0
     failure: float = 0.0
     eval_every: int = 50
@@ -61,20 +52,16 @@ class GossipConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.protocol()
+        super().__post_init__()
         self.schedule()
         for name in ("eval_every", "eval_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"gossip.{name}", "an integer >= 1", value)
-        if not 0.0 < self.availability <= 1.0:
-            raise ConfigError("gossip.availability", "a probability in (0, 1]", self.availability)
 
     def protocol(self) -> ProtocolConfig:
-        return ProtocolConfig(
-            rule=self.rule, beta=self.beta, eps=self.eps, mode=self.mode, unit=self.unit, optimizer=self.optimizer,
-            optimizer_args=self.optimizer_args, batch_size=self.batch_size, timeout=self.timeout,
-        )  # fmt: skip
+        """The protocol part alone (what a shard takes)."""
+        return ProtocolConfig(**{f.name: getattr(self, f.name) for f in fields(ProtocolConfig)})
 
     def schedule(self) -> Schedule:
         return Schedule(

@@ -77,3 +77,18 @@ def clip_by_global_norm(max_norm: float, *, batch_dims: int = 0) -> GradientTran
         return tree_map(lambda u: u * expand_left(factor, u), updates), EmptyState()
 
     return GradientTransformation(init, update)
+
+
+def clip_rows(rows: torch.Tensor, radius: float) -> tuple[torch.Tensor, int]:
+    """Each row of ``rows`` ``[n, d]`` scaled to L2 norm at most ``radius``, and how many rows were scaled.
+
+    ``radius = 0`` gives exact zeros (every non-zero row counts as clipped); ``radius = inf`` leaves the rows
+    unchanged. A zero row stays zero (``clip_by_global_norm`` never divides by 0). DIFF2's per-example clipping
+    (clients and the Ray-free core) goes through here.
+    """
+    if radius == 0.0:
+        return torch.zeros_like(rows), int((torch.linalg.vector_norm(rows, dim=1) > 0).sum())
+    if radius == float("inf"):
+        return rows, 0
+    clipped, _ = clip_by_global_norm(radius, batch_dims=1).update({"g": rows}, None)
+    return clipped["g"], int((torch.linalg.vector_norm(rows, dim=1) > radius).sum())

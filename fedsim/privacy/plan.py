@@ -129,9 +129,8 @@ def plan_from_scenario(scenario: Scenario, client_sizes: Sequence[int] | None = 
     cfg = scenario.privacy
     if cfg is None:
         raise ConfigError("privacy", "set (a mapping with at least `level`) to plan DP", None)
-    from strategies.diff2 import (
-        DIFF2_NAMES,
-    )  # names only; the full-batch plan imports the strategy lazily too
+    # names only; the full-batch plan imports the strategy lazily too
+    from strategies.diff2 import DIFF2_NAMES
 
     if scenario.strategy.name in DIFF2_NAMES:
         return _full_batch_plan(scenario, cfg, client_sizes)

@@ -80,6 +80,9 @@ def test_fedsim_run_of_a_gossip_scenario_keeps_node_models_on_the_ray_workers(tm
     assert [r["tick"] for r in rows] == [0, 30, 60] and rows[-1]["models_across_workers"] > 0
     for name in ("report.md", "model.pt", "plots/metrics.png", "checkpoints/round-2.pt"):
         assert (run_dir / name).is_file(), name
+    report = (run_dir / "report.md").read_text()
+    assert "| evaluations | 2 of 2 |" in report
+    assert f"| client trainings / dropped | {rows[-1]['trained']} / 0 |" in report
 
     sc = load_scenario(ROOT / "tests/e2e/small-gossip.yaml")
     data = build_data(sc)
