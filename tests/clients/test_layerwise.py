@@ -1,6 +1,6 @@
 """Fira's limiter, AGVM group factors and LANTON layer rates: the spec's worked numbers, invariants, oracles.
 
-Oracles named next to each check: hand-worked closed forms from docs (``/work/shared/specs/optimizers.md``),
+Oracles named next to each check: hand-worked closed forms (worked by hand from each paper's update rule),
 ``torch.optim.Adam`` (Fira with an inactive limiter), ``torch.cosine_similarity`` / ``torch.linalg.matrix_norm``
 (AGVM's variance, LANTON's dual norm), and the per-client loop for stacked cohorts.
 """

@@ -1,6 +1,6 @@
 """Merge rules: the spec's worked numbers, the 1/N variance law, and the invariants as property tests.
 
-Oracles: the spec's hand-worked layers (docs: /work/shared/specs/strategies.md), the closed forms
+Oracles: hand-worked layers (worked from Tian et al.'s merge rule), the closed forms
 var(mean of N i.i.d.) = σ²/N and var(corrected) = var(A)·(s2+e)/(var(A)+e), and a per-node Python loop for the
 stacked, masked path.
 """

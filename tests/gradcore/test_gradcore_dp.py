@@ -18,7 +18,7 @@ import math
 import hypothesis.strategies as st
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from update_strategies import ZEROS, ZEROS_BATCHED, updates
 
 from fedsim.gradcore import (
@@ -113,15 +113,41 @@ def test_worked_case_independent():
     assert torch.equal(out["b"], WORKED["b"])
 
 
-def test_pelikan_is_a_no_op_below_the_bound_and_rescales_from_it():
+def test_pelikan_is_a_no_op_below_the_bound_and_rescales_above_it():
+    # Values clearly on one side of ||Δ|| = C: the boundary itself depends on the machine's float rounding.
     small = {"a": t(0.3, 0.4, 0), "b": t(0.1)}  # ||Δ|| = √0.26 < 1
     for rule in ("uniform", "dimension"):
         out = step(clip_layers_pelikan(1.0, rule=rule), small)
         assert all(torch.equal(out[k], small[k]) for k in small)
-    # ||Δ|| = C exactly (binary-exact: 3·0.25 + 0.25 = 1): the rule applies, as the reference keeps only ||Δ|| < C
-    out = step(clip_layers_pelikan(1.0), {"a": t(0.5, 0.5, 0.5), "b": t(0.5)})
-    torch.testing.assert_close(out["a"], t(0.5, 0.5, 0.5) * math.sqrt(2 / 3))  # norm √(3/4) -> 1/√2
-    torch.testing.assert_close(out["b"], t(2**-0.5))  # scaled up from 0.5
+    # ||Δ|| = √(4·0.36) = 1.2 > 1: every layer gets C/√L = 1/√2 (closed form)
+    out = step(clip_layers_pelikan(1.0), {"a": t(0.6, 0.6, 0.6), "b": t(0.6)})
+    torch.testing.assert_close(out["a"], t(1, 1, 1) / math.sqrt(6))  # direction (1,1,1)/√3, norm 1/√2
+    torch.testing.assert_close(out["b"], t(2**-0.5))  # scaled up from 0.6
+
+
+@SETTINGS
+@given(
+    grads=updates(),
+    scale=st.floats(1e-3, 0.5) | st.floats(-0.5, -1e-3),
+    max_norm=st.floats(1e-2, 1e2),
+    rule=st.sampled_from(["uniform", "dimension"]),
+)
+def test_pelikan_law_away_from_the_boundary(grads, scale, max_norm, rule):
+    """Below C(1 − 1e-3) nothing changes; above C(1 + 1e-3) every non-zero layer has norm C_l (relative 1e-6)."""
+    total = float(norm64(grads))
+    assume(total > 1e-6)
+    target = max_norm * (1 + scale)
+    scaled = {k: v * (target / total) for k, v in grads.items()}
+    out = step(clip_layers_pelikan(max_norm, rule=rule), scaled)
+    if scale < 0:
+        torch.testing.assert_close(out, scaled, rtol=1e-12, atol=0)
+        return
+    nonzero = [k for k, v in scaled.items() if float(v.double().norm()) > 0]
+    dims = {k: scaled[k].numel() for k in scaled}
+    for k in nonzero:
+        share = 1 / len(scaled) if rule == "uniform" else dims[k] / sum(dims.values())
+        got = float(out[k].double().norm())
+        assert got == pytest.approx(max_norm * math.sqrt(share), rel=1e-6)
 
 
 def test_pelikan_keeps_a_zero_layer_zero_and_the_total_below_c():

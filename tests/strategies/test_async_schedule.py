@@ -1,5 +1,5 @@
 """The FedFix / async FedAvg / FedBuff / sync FedAvg event schedule against the spec's numbers (Fraboni et al.,
-JMLR 2023, M = 10, F-80, p = 0.1, horizon 100: ``shared/specs/strategies.md``), its reductions, and faults."""
+JMLR 2023, M = 10, F-80, p = 0.1, horizon 100, worked by hand from the paper's Algorithm), its reductions, and faults."""
 
 from __future__ import annotations
 
