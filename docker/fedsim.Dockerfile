@@ -2,7 +2,7 @@
 # and each ClientApp (next to its SuperNode) with `--isolation process`, as Flower documents for 1.2x+, and the
 # compose file's one-shot services (certificates, key registration, run submission).
 # Build from the repository root: docker build -f docker/fedsim.Dockerfile -t fedsim-app .
-FROM flwr/superexec:1.41.0
+FROM flwr/superexec:1.42.0
 
 USER root
 # A place for the deployment's certificates and keys that the app user may write (a named volume mounts here).
@@ -10,14 +10,17 @@ RUN mkdir -p /certs /results && chown app:app /certs /results
 USER app
 
 WORKDIR /app
-COPY --chown=app:app pyproject.toml README.md ./
+COPY --chown=app:app pyproject.toml README.md requirements.lock ./
 COPY --chown=app:app fedsim ./fedsim
 COPY --chown=app:app strategies ./strategies
 COPY --chown=app:app clients ./clients
 COPY --chown=app:app scenarios ./scenarios
 # Installed once here (editable: `fedsim deploy` submits this source tree as the Flower App), so runs need no
-# per-run dependency installation.
-RUN python -m pip install --no-cache-dir -e .
+# per-run dependency installation. The exact versions of requirements.lock (the set `make test` passes with);
+# torch first from PyTorch's CPU index, as on the development machines (PyPI's build of it carries CUDA).
+RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
+        "torch==$(sed -n 's/^torch==//p' requirements.lock)" \
+    && python -m pip install --no-cache-dir -c requirements.lock -e .
 
 ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
     FLWR_TELEMETRY_ENABLED=0

@@ -1,7 +1,7 @@
-"""The Flower 1.41 command lines of a deployment, built in one place.
+"""The Flower 1.42 command lines of a deployment, built in one place.
 
 ``fedsim deploy --local``, the Docker compose file and docs/deployment.md use these same commands, and the tests
-run them as processes. Flower 1.41 serves the SuperLink's Fleet, Control and Runtime APIs over HTTPS on ONE port
+run them as processes. Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs over HTTPS on ONE port
 (``--host``/``--port``); the separate gRPC ports of older docs (9091-9093) no longer apply. A SuperNode also
 serves a local Runtime API for its ClientApp processes on its own ``--port`` (default 9094), so SuperNodes that
 share a machine need distinct ports.

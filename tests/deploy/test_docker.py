@@ -25,7 +25,6 @@ from fedsim.deploy.processes import Processes, last_lines
 from fedsim.deploy.submit import deployment_env
 
 DOCKER = ROOT / "docker"
-FLWR_VERSION = "1.41.0"
 ORDER = ["certs", "superlink", "serverapp", "register", "supernode-0", "supernode-1", "clientapp-0", "clientapp-1", "submit"]  # fmt: skip
 
 
@@ -61,7 +60,7 @@ def test_the_dockerfiles_pass_hadolint():
 def test_images_are_the_official_flower_ones_pinned_to_the_installed_flwr():
     import flwr
 
-    assert flwr.__version__ == FLWR_VERSION  # bump the FROM lines with flwr
+    flwr_version = flwr.__version__  # the locked version (tests/test_lock.py checks the lock against the FROM lines)
     expected = {
         "superlink": "flower-superlink",
         "supernode": "flower-supernode",
@@ -71,7 +70,7 @@ def test_images_are_the_official_flower_ones_pinned_to_the_installed_flwr():
         text = (DOCKER / f"{name}.Dockerfile").read_text()
         froms = re.findall(r"^FROM (\S+)", text, flags=re.M)
         base = {"fedsim": "superexec"}.get(name, name)
-        assert froms == [f"flwr/{base}:{FLWR_VERSION}"], froms
+        assert froms == [f"flwr/{base}:{flwr_version}"], froms
         assert f'ENTRYPOINT ["{tool}"]' in text
         assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in text
 

@@ -40,7 +40,7 @@ def test_flwr_run_dot_runs_the_scenario(tmp_path):
         **os.environ,
         "FLWR_HOME": str(home),
         "FLWR_TELEMETRY_ENABLED": "0",
-        # Use this environment as it is; otherwise Flower 1.41 `uv sync`s the app's dependencies into a new one.
+        # Use this environment as it is; otherwise Flower 1.42 `uv sync`s the app's dependencies into a new one.
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
