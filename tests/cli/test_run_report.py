@@ -218,3 +218,26 @@ def test_the_report_lists_only_the_files_the_run_wrote(tmp_path):
     files = report.split("Files: ")[1]
     assert "`metrics.jsonl`" in files and "`plots`" in files
     assert "`model.pt`" not in files  # a FedFix run stopped at horizon_s writes none (see the report)
+
+
+def test_the_progress_lines_count_rounds_or_gossip_ticks():
+    import io
+
+    from rich.console import Console
+
+    from fedsim.run import ProgressDisplay
+
+    out = io.StringIO()
+    with ProgressDisplay(Console(file=out, force_terminal=False, width=200), GOSSIP) as display:
+        for row in gossip_rows():
+            display({**row, "wall_time_s": 1.0})
+    assert [line.split(" acc=")[0] for line in out.getvalue().splitlines()] == [
+        "starting workers for 60 ticks ...",
+        "tick 0/60",
+        "tick 30/60",
+        "tick 60/60",
+    ]
+    out = io.StringIO()
+    with ProgressDisplay(Console(file=out, force_terminal=False, width=200), REGRESSION) as display:
+        display({"round": 4, "clients": 4, "dropped": 0, "test_loss": 0.25, "wall_time_s": 2.0})
+    assert out.getvalue().splitlines()[-1] == "round 4/4 test_loss=0.25 clients=4 dropped=0 wall=2.0s"
