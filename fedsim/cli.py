@@ -160,8 +160,9 @@ def compare(
     """
     import time
 
-    from fedsim.compare import load_run, write_comparison
+    from fedsim.compare import check_items, load_run, write_comparison
 
+    check_items(items)
     curves = []
     for item in items:
         if item.is_dir():

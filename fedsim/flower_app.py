@@ -28,7 +28,8 @@ from fedsim.engine.server import Engine
 from fedsim.engine.worker import client_app
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
-from fedsim.scenario import load_scenario, parse_scenario
+from fedsim.scenario import Scenario, load_scenario, parse_scenario
+from fedsim.tally import closing_line, step_line
 
 log = logging.getLogger("fedsim")
 
@@ -46,11 +47,14 @@ METRICS_PREFIX = "fedsim-metrics: "
 can keep a local copy of a run whose ServerApp writes its results on another machine."""
 
 
-def round_line(row: Mapping[str, Any], rounds: int) -> str:
-    """One line per round in the run's log (what ``flwr run --stream`` and ``flwr log`` show)."""
-    acc = row.get("test_accuracy")
-    shown = f" test_accuracy={acc:.4f}" if acc is not None else ""
-    return f"fedsim: round {row['round']}/{rounds}{shown} clients={row['clients']} dropped={row['dropped']}"
+DONE_PREFIX = "fedsim-done: "
+"""When the ServerApp has finished, one JSON line after this prefix says how many metrics rows the run wrote, so
+``fedsim deploy`` can tell a finished run (FedFix stopping at ``horizon_s``, gossip's evaluations) from a cut one."""
+
+
+def round_line(scenario: Scenario, row: Mapping[str, Any]) -> str:
+    """One line per metrics row in the run's log (what ``flwr run --stream`` and ``flwr log`` show)."""
+    return f"fedsim: {step_line(scenario, row)}"
 
 
 server_app = ServerApp()
@@ -75,19 +79,17 @@ def main(grid: Grid, context: Context) -> None:
         placement=str(cfg.get("placement", "auto")),
         max_poll_s=0.1,  # Flower's own pace; spares the SuperLink a busy loop of pulls
         on_round=lambda row: print(
-            round_line(row, scenario.rounds), METRICS_PREFIX + json.dumps(row), sep="\n", flush=True
+            round_line(scenario, row), METRICS_PREFIX + json.dumps(row), sep="\n", flush=True
         ),
     )
     try:
-        summary = engine.run(grid)
+        engine.run(grid)
     finally:
         run_dir.close()
         if run_dir.rows:  # the engine's resolved DP plan, so the report does not calibrate σ again
             write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0, privacy=engine.privacy)
-    acc = summary.last_row.get("test_accuracy")
-    print(
-        f"fedsim: done: rounds={summary.rounds} test_accuracy={acc:.4f} results={path.resolve()}", flush=True
-    )
+    line = closing_line(scenario, run_dir.rows, wall_s=time.monotonic() - t0, results=path.resolve())
+    print(f"fedsim: {line}", DONE_PREFIX + json.dumps({"rows": len(run_dir.rows)}), sep="\n", flush=True)
 
 
 __all__ = ["client_app", "server_app"]

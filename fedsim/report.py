@@ -1,32 +1,74 @@
-"""``report.md`` and its plots, from a run's metrics rows."""
+"""``report.md`` and its plots, from a run's metrics rows (counted and worded by ``fedsim.tally``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedsim.scenario import Scenario
+from fedsim.tally import (
+    DROP_REASONS,
+    evaluations,
+    is_gossip,
+    number,
+    planned_evaluations,
+    planned_rows,
+    server_steps,
+    warnings,
+)
 
 
-def plot_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Test accuracy and loss (and training loss) per round, one PNG with two panels."""
+def loss_name(scenario: Scenario) -> str:
+    """The loss the scenario's model is trained and tested with: the full-batch regression strategies (DIFF2-GD,
+    DP-GD) fit the squared loss (mean of (h(a) − y)²); every other strategy trains a classifier (cross-entropy)."""
+    from strategies.diff2 import DIFF2_NAMES  # here: the strategies package costs seconds to import
+
+    return "mean squared error" if scenario.strategy.name in DIFF2_NAMES else "cross-entropy"
+
+
+def _values(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """``key`` of every row as floats (a non-finite metric, stored as null, becomes a gap in the line)."""
+    return [math.nan if r.get(key) is None else float(r[key]) for r in rows]
+
+
+def plot_metrics(rows: Sequence[Mapping[str, Any]], path: Path, *, scenario: Scenario) -> Path:
+    """Test accuracy (classifiers) and loss per round, or per tick for gossip (node means and the average model),
+    with the clients' training loss; one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    ev = [r for r in rows if r.get("test_accuracy") is not None]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_acc.plot([r["round"] for r in ev], [r["test_accuracy"] for r in ev], marker=".", label="test")
-    ax_acc.set(xlabel="round", ylabel="accuracy", title="Test accuracy", ylim=(0, 1))
-    ax_acc.grid(alpha=0.3)
-    ax_loss.plot([r["round"] for r in ev], [r["test_loss"] for r in ev], marker=".", label="test")
+    gossip = is_gossip(scenario)
+    x_key = "tick" if gossip else "round"
+    ev = evaluations(rows)
     tr = [r for r in rows if r.get("train_loss") is not None]
-    ax_loss.plot([r["round"] for r in tr], [r["train_loss"] for r in tr], alpha=0.7, label="train (clients)")
-    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
-    ax_loss.grid(alpha=0.3)
+    classifier = any("test_accuracy" in r for r in ev) or (not ev and loss_name(scenario) == "cross-entropy")
+    fig, axes = plt.subplots(
+        1, 2 if classifier else 1, figsize=(10 if classifier else 5.5, 3.8), squeeze=False
+    )
+    ax_loss = axes[0][-1]
+    test = "test (mean over nodes)" if gossip else "test"
+    if classifier:
+        ax_acc = axes[0][0]
+        ax_acc.plot([r[x_key] for r in ev], _values(ev, "test_accuracy"), marker=".", label=test)
+        if gossip:
+            avg = [r for r in ev if "test_accuracy_avg_model" in r]
+            xs = [r[x_key] for r in avg]
+            ax_acc.plot(xs, _values(avg, "test_accuracy_avg_model"), marker=".", label="average model")
+        ax_acc.set(xlabel=x_key, ylabel="accuracy", title="Test accuracy", ylim=(0, 1))
+        ax_acc.legend()
+    ax_loss.plot([r[x_key] for r in ev], _values(ev, "test_loss"), marker=".", label=test)
+    train = "train (nodes)" if gossip else "train (clients)"
+    ax_loss.plot([r[x_key] for r in tr], _values(tr, "train_loss"), alpha=0.7, label=train)
+    ax_loss.set(xlabel=x_key, ylabel=loss_name(scenario), title="Loss")
     ax_loss.legend()
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and ticks are whole numbers
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -58,6 +100,105 @@ def write_run_privacy_report(
     )
 
 
+def _horizon_note(scenario: Scenario, rows: Sequence[Mapping[str, Any]]) -> str:
+    """`` (stopped at strategy.args.horizon_s = 100 s of virtual time)`` when the event loop's rule stopped the run
+    there: the first server step at or past the horizon, in the loop's integer ticks."""
+    horizon = scenario.strategy.args.get("horizon_s")
+    if horizon is None or not rows:
+        return ""
+    from strategies.asynchronous import to_ticks
+
+    if to_ticks(float(rows[-1].get("virtual_time_s", 0.0))) < to_ticks(float(horizon)):
+        return ""
+    return f" (stopped at strategy.args.horizon_s = {horizon:g} s of virtual time)"
+
+
+def _drop_breakdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`` (10 non-finite, 2 failed)``: the run's dropped clients by reason."""
+    counts = [
+        (sum(int(r.get(f"dropped_{k}") or 0) for r in rows), label) for k, label in DROP_REASONS.items()
+    ]
+    named = [f"{n} {label}" for n, label in counts if n]
+    return f" ({', '.join(named)})" if named else ""
+
+
+def _server_table(scenario: Scenario, rows: Sequence[Mapping[str, Any]], loss: str) -> list[str]:
+    ev = evaluations(rows)
+    last = ev[-1] if ev else {}
+    steps = server_steps(rows)
+    done = sum(1 for r in rows if int(r.get("round", 0)) >= 1)
+    lines = [
+        f"| rounds | {done} of {planned_rows(scenario).removesuffix(' rounds')}{_horizon_note(scenario, rows)} |"
+    ]
+    if any("test_accuracy" in r for r in ev):
+        accs = [r["test_accuracy"] for r in ev if isinstance(r.get("test_accuracy"), int | float)]
+        lines += [
+            f"| final test accuracy | {number(last.get('test_accuracy', ...))} |",
+            f"| best test accuracy | {number(max(accs) if accs else ...)} |",
+        ]
+    trained = sum(int(r.get("clients") or 0) for r in steps)
+    dropped = sum(int(r.get("dropped") or 0) for r in steps)
+    return [
+        *lines,
+        f"| final test loss ({loss}) | {number(last.get('test_loss', ...))} |",
+        f"| client updates aggregated / dropped | {trained} / {dropped}{_drop_breakdown(steps)} |",
+    ]
+
+
+def _gossip_table(scenario: Scenario, rows: Sequence[Mapping[str, Any]], loss: str) -> list[str]:
+    g = scenario.gossip_settings
+    ev = evaluations(rows)
+    last = ev[-1] if ev else {}
+    accs = [r["test_accuracy"] for r in ev if isinstance(r.get("test_accuracy"), int | float)]
+    final = rows[-1] if rows else {}
+    return [
+        f"| ticks | {int(final.get('tick', 0))} of {g.ticks} |",
+        f"| evaluations (tick 0, every {g.eval_every} ticks, the last tick) | {len(ev)} of "
+        f"{planned_evaluations(scenario)} |",
+        f"| final test accuracy (mean over nodes) | {number(last.get('test_accuracy', ...))} |",
+        f"| best test accuracy (mean over nodes) | {number(max(accs) if accs else ...)} |",
+        f"| final test accuracy of the nodes' average model | {number(last.get('test_accuracy_avg_model', ...))} |",
+        f"| final test loss ({loss}, mean over nodes) | {number(last.get('test_loss', ...))} |",
+        f"| node trainings / failed | {int(final.get('trained', 0))} / {int(final.get('failed', 0))} |",
+    ]
+
+
+def _server_settings(scenario: Scenario) -> list[str]:
+    from strategies.diff2 import DIFF2_NAMES
+
+    st = scenario.strategy
+    args = f" {dict(st.args)}" if st.args else ""
+    if (
+        st.name in DIFF2_NAMES
+    ):  # full batch on every client, the step in strategy.args: no cohort, no local SGD
+        return [f"- strategy: `{st.name}`{args}, every client in every round (full-batch gradients)"]
+    return [
+        f"- strategy: `{st.name}`{args}, {st.clients_per_round} clients/round, "
+        f"server optimizer {st.server_optimizer.model_dump()}",
+        f"- clients: {scenario.client.epochs} epoch(s), batch {scenario.client.batch_size}, "
+        f"optimizer {scenario.client.optimizer.model_dump()}",
+    ]
+
+
+def _gossip_settings(scenario: Scenario) -> list[str]:
+    g = scenario.gossip_settings
+    topo = g.topology
+    seed = f", seed {topo.seed}" if topo.seed is not None else ""
+    timing = (
+        f"every {g.interval[0]}..{g.interval[1]} ticks"
+        if g.schedule == "uniform"
+        else "from the device profiles"
+    )
+    return [
+        f"- strategy: `gossip`, {scenario.population.clients} nodes, topology `{topo.kind}` {dict(topo.args)}{seed}",
+        f"- merge: rule `{g.rule}`, beta {g.beta:g}, eps {g.eps:g}; mode `{g.mode}`; timeout {g.timeout} ticks; "
+        f"initial models `{g.init}`",
+        f"- node training: unit `{g.unit}` per event, events {timing} (schedule `{g.schedule}`), batch "
+        f"{scenario.client.batch_size}, optimizer {scenario.client.optimizer.model_dump()}",
+        f"- time: {g.ticks} ticks of {g.tick_s:g} s; evaluation every {g.eval_every} ticks",
+    ]
+
+
 def write_report(
     run_dir: Path,
     scenario: Scenario,
@@ -66,48 +207,49 @@ def write_report(
     wall_s: float,
     privacy: Any = None,
 ) -> Path:
-    """Write ``report.md`` (summary table, settings, plot) into ``run_dir``; for a DP scenario also the privacy
-    report (``privacy``: the resolved ``(PrivacyPlan, Spend)`` when the caller has it)."""
+    """Write ``report.md`` (warnings, summary table, settings, plot) into ``run_dir``; for a DP scenario also the
+    privacy report (``privacy``: the resolved ``(PrivacyPlan, Spend)`` when the caller has it).
+
+    What the report counts and says comes from ``rows`` (``fedsim.tally``): a server run in rounds, a gossip run
+    in ticks and evaluations, each with the settings that apply to it."""
     privacy_line = write_run_privacy_report(run_dir, scenario, rows, privacy)
-    plot = plot_metrics(rows, run_dir / "plots" / "metrics.png")
-    last_eval = next((r for r in reversed(rows) if r.get("test_accuracy") is not None), {})
-    best = max((r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None), default=None)
-    dropped = sum(int(r.get("dropped", 0)) for r in rows)
-    trained = sum(int(r.get("clients", 0)) for r in rows)
-    if scenario.strategy.name == "gossip" and rows:  # node training steps so far (a gossip row's counter)
-        trained = int(rows[-1].get("trained", 0))
+    plot = plot_metrics(rows, run_dir / "plots" / "metrics.png", scenario=scenario)
+    gossip = is_gossip(scenario)
+    loss = loss_name(scenario)
+    table = (_gossip_table if gossip else _server_table)(scenario, rows, loss)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    files = [
+        ("scenario.yaml", "resolved scenario"),
+        ("metrics.jsonl", "one row per evaluation" if gossip else "one row per round"),
+        ("model.pt", "final weights" + (": the average of the node models" if gossip else "")),
+        ("checkpoints", "model + strategy state" + (", node models" if gossip else "")),
+        ("plots", "this report's figures"),
+    ]
     lines = [
         f"# Run report: {scenario.name}",
         "",
+        *(f"**WARNING: {w}.**\n" for w in warnings(scenario, rows)),
         "| metric | value |",
         "|---|---|",
-        f"| {'evaluations' if scenario.strategy.name == 'gossip' else 'rounds'} | "
-        f"{rows[-1].get('round', len(rows)) if rows else 0} of {scenario.planned_rounds} |",
-        f"| final test accuracy | {fmt(last_eval.get('test_accuracy'))} |",
-        f"| best test accuracy | {fmt(best)} |",
-        f"| final test loss | {fmt(last_eval.get('test_loss'))} |",
-        f"| client trainings / dropped | {trained} / {dropped} |",
+        *table,
         f"| virtual time (s) | {fmt(rows[-1].get('virtual_time_s') if rows else None)} |",
         f"| wall time (s, incl. start-up) | {wall_s:.1f} |",
         "",
         "## Settings",
         "",
         f"- data: `{scenario.data.dataset}`, partitioner `{scenario.data.partitioner}` "
-        f"{dict(scenario.data.partitioner_args)}, {scenario.population.clients} clients",
+        f"{dict(scenario.data.partitioner_args)}, {scenario.population.clients} {'nodes' if gossip else 'clients'}",
         f"- model: `{scenario.model.name}` {dict(scenario.model.args)}",
-        f"- strategy: `{scenario.strategy.name}`, {scenario.strategy.clients_per_round} clients/round, "
-        f"server optimizer {scenario.strategy.server_optimizer.model_dump()}",
-        f"- clients: {scenario.client.epochs} epoch(s), batch {scenario.client.batch_size}, "
-        f"optimizer {scenario.client.optimizer.model_dump()}",
+        *(_gossip_settings(scenario) if gossip else _server_settings(scenario)),
         f"- seed {scenario.seed}; {privacy_line}",
         "",
-        "## Accuracy and loss per round",
+        f"## {'Loss' if loss != 'cross-entropy' else 'Accuracy and loss'} per {'tick' if gossip else 'round'}",
         "",
         f"![metrics]({plot.relative_to(run_dir).as_posix()})",
         "",
-        "Files: `scenario.yaml` (resolved scenario), `metrics.jsonl` (one row per round), `model.pt` (final "
-        "weights), `checkpoints/` (model + strategy state).",
+        "Files: "
+        + ", ".join(f"`{name}` ({what})" for name, what in files if (run_dir / name).exists())
+        + ".",
         "",
     ]
     out = run_dir / "report.md"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,35 +18,32 @@ from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
 from fedsim.scenario.load import check_registered_names
-
-SUMMARY_METRICS = ("test_accuracy", "test_loss", "test_accuracy_avg_model")
-"""The last row's metrics the closing line shows, when the run's rows have them (a regression run has no
-accuracy; a gossip run reports node and average-model accuracies)."""
+from fedsim.tally import closing_line, position, progress_status, step_line
 
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """Where a run's results are and how it ended."""
+    """Where a run's results are and how it ended (``rows``: the metrics rows it wrote)."""
 
     path: Path
     summary: RunSummary
     wall_s: float
+    scenario: Scenario
+    rows: Sequence[Mapping[str, Any]]
 
     def summary_line(self) -> str:
-        row = self.summary.last_row
-        shown = "".join(f" {k}={row[k]:.4f}" for k in SUMMARY_METRICS if isinstance(row.get(k), int | float))
-        eps = "".join(
-            f" epsilon_{k[len('epsilon_') :]}={v:.3f}" for k, v in row.items() if k.startswith("epsilon_")
-        )
-        return f"done: rounds={self.summary.rounds}{shown}{eps} wall_s={self.wall_s:.1f} results={self.path}"
+        """The closing line (``fedsim.tally.closing_line``): extent, warnings, last evaluation, results folder."""
+        return closing_line(self.scenario, self.rows, wall_s=self.wall_s, results=self.path)
 
 
-class _ProgressDisplay:
-    """A live bar on a terminal; on a pipe (CI, logs) a plain line every ~10% of the rounds."""
+class ProgressDisplay:
+    """A live bar on a terminal; on a pipe (CI, logs) a plain line every ~10% of the run. Counts rounds, or
+    for gossip ticks (``fedsim.tally.position``)."""
 
-    def __init__(self, console: Console, rounds: int) -> None:
-        self.console, self.rounds = console, rounds
-        self.every = max(1, rounds // 10)
+    def __init__(self, console: Console, scenario: Scenario) -> None:
+        self.console, self.scenario = console, scenario
+        self.unit, _, self.total = position(scenario, {})
+        self.every = max(1, scenario.planned_rounds // 10)  # in rows: rounds, or gossip's evaluations
         self.progress: Progress | None = None
         if console.is_terminal:
             self.progress = Progress(
@@ -58,13 +55,13 @@ class _ProgressDisplay:
                 console=console,
                 transient=False,
             )
-            self.task = self.progress.add_task("starting workers", total=rounds, status="")
+            self.task = self.progress.add_task("starting workers", total=self.total, status="")
 
-    def __enter__(self) -> _ProgressDisplay:
+    def __enter__(self) -> ProgressDisplay:
         if self.progress:
             self.progress.start()
         else:
-            self.console.print(f"starting workers for {self.rounds} rounds ...")
+            self.console.print(f"starting workers for {self.total} {self.unit}s ...")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -72,15 +69,11 @@ class _ProgressDisplay:
             self.progress.stop()
 
     def __call__(self, row: Mapping[str, Any]) -> None:
-        acc = row.get("test_accuracy", row.get("test_accuracy_mean"))
-        status = f"acc={acc:.3f} " if acc is not None else ""
-        if acc is None and row.get("test_loss") is not None:
-            status = f"test_loss={row['test_loss']:.4g} "
-        status += " ".join(f"{k}={row[k]}" for k in ("clients", "dropped") if k in row)
+        unit, done, total = position(self.scenario, row)
         if self.progress:
-            self.progress.update(self.task, completed=row["round"], description="round", status=status)
-        elif row["round"] % self.every == 0 or row["round"] == self.rounds:
-            self.console.print(f"round {row['round']}/{self.rounds} {status} wall={row['wall_time_s']:.1f}s")
+            self.progress.update(self.task, completed=done, description=unit, status=progress_status(row))
+        elif int(row.get("round", 0)) % self.every == 0 or done == total:
+            self.console.print(f"{step_line(self.scenario, row)} wall={row.get('wall_time_s', 0.0):.1f}s")
 
 
 def check_machine(scenario: Scenario) -> None:
@@ -114,7 +107,7 @@ def run_scenario(
     run_dir = RunDir(path, scenario)
     console = Console(file=sys.stderr, quiet=not show_progress)
     try:
-        with _ProgressDisplay(console, scenario.planned_rounds) as display:
+        with ProgressDisplay(console, scenario) as display:
             summary = simulate(scenario, run_dir, on_round=display, privacy=privacy)
     except BaseException:
         run_dir.close()
@@ -124,4 +117,4 @@ def run_scenario(
     run_dir.close()
     wall = time.monotonic() - t0
     write_report(path, scenario, run_dir.rows, wall_s=wall, privacy=privacy)
-    return RunOutcome(path=path, summary=summary, wall_s=wall)
+    return RunOutcome(path=path, summary=summary, wall_s=wall, scenario=scenario, rows=run_dir.rows)

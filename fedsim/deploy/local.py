@@ -41,7 +41,7 @@ from fedsim.engine.server import RunSummary
 from fedsim.errors import ConfigError, DeployError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir, read_metrics
-from fedsim.run import RunOutcome, _ProgressDisplay
+from fedsim.run import ProgressDisplay, RunOutcome
 from fedsim.scenario import Scenario
 
 HOST = "127.0.0.1"
@@ -166,7 +166,7 @@ def deploy_local(
                 expected_workers=nodes,
                 run_dir=path,
             )
-            with _ProgressDisplay(console, scenario.rounds) as display:
+            with ProgressDisplay(console, scenario) as display:
                 run = submit_and_follow(
                     procs, app_dir=app, run_config=run_config, on_row=display, check=check
                 )
@@ -175,8 +175,12 @@ def deploy_local(
         rows = read_metrics(path / "metrics.jsonl")
         if rows and not (path / "report.md").exists():  # stopped mid-run: report the finished rounds
             write_report(path, scenario, rows, wall_s=time.monotonic() - t0)
-    if len(rows) < scenario.rounds or not run.done:
-        raise run_failure(procs, "flwr-run", FollowedRun(rows=rows), scenario.rounds)
+    if not run.finished(len(rows)):
+        raise run_failure(procs, "flwr-run", FollowedRun(rows=rows), scenario)
     return RunOutcome(
-        path=path, summary=RunSummary(rounds=len(rows), last_row=rows[-1]), wall_s=time.monotonic() - t0
+        path=path,
+        summary=RunSummary(rounds=len(rows), last_row=rows[-1]),
+        wall_s=time.monotonic() - t0,
+        scenario=scenario,
+        rows=rows,
     )

@@ -25,11 +25,12 @@ from fedsim.deploy.commands import NO_DEPENDENCY_INSTALL_ENV, SuperLinkAddress, 
 from fedsim.deploy.processes import Processes, last_lines, terminate_as_interrupt
 from fedsim.engine.server import RunSummary
 from fedsim.errors import ConfigError, DeployError
-from fedsim.flower_app import METRICS_PREFIX
+from fedsim.flower_app import DONE_PREFIX, METRICS_PREFIX
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
-from fedsim.run import RunOutcome, _ProgressDisplay
+from fedsim.run import ProgressDisplay, RunOutcome
 from fedsim.scenario import Scenario
+from fedsim.tally import planned_rows
 
 CONNECTION = "fedsim"
 
@@ -101,12 +102,18 @@ def write_run_config(
 
 @dataclass
 class FollowedRun:
-    """What the streamed log of a run said: its metrics rows and whether the ServerApp said it was done."""
+    """What the streamed log of a run said: its metrics rows, whether the ServerApp said it was done and how many
+    rows it wrote by then (the run's own count: a FedFix run may stop at ``horizon_s`` before ``rounds``)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     done_line: str = ""
+    rows_written: int = 0
     run_id: str = ""
+
+    def finished(self, rows: int) -> bool:
+        """Whether the ServerApp finished and ``rows`` rows (a copy of its metrics) hold all it wrote."""
+        return self.done and 0 < self.rows_written <= rows
 
 
 def follow_run(
@@ -134,7 +141,9 @@ def follow_run(
                 run.rows.append(row)
                 on_row(row)
             elif line.startswith("fedsim: done:"):
-                run.done, run.done_line = True, line.strip()
+                run.done_line = line.strip()
+            elif line.startswith(DONE_PREFIX):
+                run.done, run.rows_written = True, int(json.loads(line[len(DONE_PREFIX) :])["rows"])
             elif line.startswith("Successfully started run "):
                 run.run_id = line.split()[3]
         if finished:
@@ -143,13 +152,13 @@ def follow_run(
         time.sleep(poll_s)
 
 
-def run_failure(procs: Processes, name: str, run: FollowedRun, rounds: int) -> DeployError:
+def run_failure(procs: Processes, name: str, run: FollowedRun, scenario: Scenario) -> DeployError:
     """One line for a run that ended without finishing: the ServerApp's error, as the streamed log shows it."""
     lines = last_lines(procs.log(name), 200)
     errors = [l for l in lines if "Error" in l or "error" in l or "failed" in l.lower()]
     reason = errors[-1] if errors else (lines[-1] if lines else "no output")
     return DeployError(
-        f"the run stopped after {len(run.rows)} of {rounds} rounds: {reason} (log: {procs.log(name)})"
+        f"the run stopped after {len(run.rows)} of {planned_rows(scenario)}: {reason} (log: {procs.log(name)})"
     )
 
 
@@ -216,15 +225,15 @@ def deploy_remote(
 
     run = FollowedRun()
     try:
-        with terminate_as_interrupt(), _ProgressDisplay(console, scenario.rounds) as display:
+        with terminate_as_interrupt(), ProgressDisplay(console, scenario) as display:
             run = submit_and_follow(procs, app_dir=app, run_config=run_config, on_row=on_row)
     finally:
         procs.stop()
         run_dir.close()
         if run_dir.rows:
             write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0)
-    if len(run_dir.rows) < scenario.rounds or not run.done:
-        raise run_failure(procs, "flwr-run", run, scenario.rounds)
+    if not run.finished(len(run_dir.rows)):
+        raise run_failure(procs, "flwr-run", run, scenario)
     (deploy_dir / "serverapp.txt").write_text(
         run.done_line + "\n", encoding="utf-8"
     )  # where the server kept its copy
@@ -232,4 +241,6 @@ def deploy_remote(
         path=path,
         summary=RunSummary(rounds=len(run_dir.rows), last_row=run_dir.rows[-1]),
         wall_s=time.monotonic() - t0,
+        scenario=scenario,
+        rows=run_dir.rows,
     )

@@ -5,8 +5,11 @@ and W+1 times the start-up work: 4 s per worker for the 10 000-client benchmark)
 to need the data builds it under a file lock and writes it to ``<cache>/<key>/``; every other process (and the
 next run of the same scenario) maps those files read-only, sharing the pages through the OS page cache.
 
-The key hashes everything the data depends on (the scenario's ``data`` block, ``population.clients``, ``seed``,
-the fedsim version, and for ``parquet:`` files their size and modification time). ``FEDSIM_CACHE_DIR`` sets the
+The key hashes everything the data depends on: the scenario's ``data`` block, ``population.clients`` and
+``seed``; the code that makes the data (:func:`code_fingerprint`: the source of ``fedsim/data/``, of the scenario
+to data glue and of this module, and the versions of the libraries that load and partition); and for ``parquet:``
+files their size and modification time. So a change to a generator or a partitioner builds fresh data instead of
+silently reusing the old. ``FEDSIM_CACHE_DIR`` sets the
 folder (default: ``<tmp>/fedsim-cache-<uid>``); ``FEDSIM_DATA_CACHE=0`` turns the cache off. Deleting the folder
 is always safe.
 """
@@ -14,7 +17,9 @@ is always safe.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -27,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import fedsim
+import fedsim.data
 from fedsim.data import FederatedData
 from fedsim.data.partitions import Partitions
 from fedsim.scenario import Scenario
@@ -48,13 +53,50 @@ def cache_enabled() -> bool:
     return os.environ.get("FEDSIM_DATA_CACHE", "1") not in ("0", "false", "no")
 
 
+DATA_LIBRARIES = ("numpy", "torch", "scikit-learn", "datasets", "flwr-datasets", "pyarrow")
+"""Distributions whose code loads, generates or partitions a dataset (their versions enter the key)."""
+
+
+def data_sources() -> list[Path]:
+    """The source files of the code that turns a scenario into its data: every module of ``fedsim/data/``, the
+    engine's scenario-to-data glue (``fedsim/engine/setup.py``) and this module (the file format)."""
+    here = Path(__file__).resolve()
+    package = Path(fedsim.data.__file__).resolve().parent
+    return [*sorted(package.rglob("*.py")), here.with_name("setup.py"), here]
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    """A hash of the names and contents of ``paths`` (a missing file counts as missing, not as an error)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            digest.update(b"missing")
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the code that makes the data (:func:`data_sources`, :data:`DATA_LIBRARIES`' versions), computed
+    once per process (a few hundred kilobytes read)."""
+    versions = []
+    for name in DATA_LIBRARIES:
+        try:
+            versions.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} absent")
+    return fingerprint_files(data_sources()) + ";" + ",".join(versions)
+
+
 def data_key(scenario: Scenario) -> str:
-    """A hash of everything the scenario's data depends on."""
+    """A hash of everything the scenario's data depends on (its settings and the code that makes it)."""
     spec: dict[str, Any] = {
         "data": scenario.data.model_dump(mode="json"),
         "clients": scenario.population.clients,
         "seed": scenario.seed,
-        "fedsim": fedsim.__version__,
+        "code": code_fingerprint(),
         "format": 1,
     }
     if scenario.data.dataset.startswith("parquet:"):

@@ -74,15 +74,17 @@ def test_fedsim_run_of_a_gossip_scenario_keeps_node_models_on_the_ray_workers(tm
     from fedsim.scenario.load import load_scenario
 
     last = fedsim_run("tests/e2e/small-gossip.yaml", tmp_path)
-    assert "test_accuracy=" in last and "test_accuracy_avg_model=" in last
+    assert last.startswith("done: ticks=60 evaluations=3 test_accuracy=")
+    assert "test_accuracy_avg_model=" in last
     run_dir = Path(last.split("results=")[1])
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["tick"] for r in rows] == [0, 30, 60] and rows[-1]["models_across_workers"] > 0
     for name in ("report.md", "model.pt", "plots/metrics.png", "checkpoints/round-2.pt"):
         assert (run_dir / name).is_file(), name
     report = (run_dir / "report.md").read_text()
-    assert "| evaluations | 2 of 2 |" in report
-    assert f"| client trainings / dropped | {rows[-1]['trained']} / 0 |" in report
+    assert "| ticks | 60 of 60 |" in report
+    assert "| evaluations (tick 0, every 30 ticks, the last tick) | 3 of 3 |" in report
+    assert f"| node trainings / failed | {rows[-1]['trained']} / 0 |" in report
 
     sc = load_scenario(ROOT / "tests/e2e/small-gossip.yaml")
     data = build_data(sc)
