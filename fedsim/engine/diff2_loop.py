@@ -24,7 +24,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -32,11 +31,12 @@ from torch import nn
 from torch.func import functional_call
 
 from clients.diff2_client import flat_spec, flatten, unflatten
+from fedsim import randomness
 from fedsim.data import FederatedData
 from fedsim.engine.messages import MESSAGE_TYPE_DIFF2, decode_diff2_reply, encode_diff2_request
 from fedsim.engine.placement import assign, partition_owners
 from fedsim.engine.profiles import DeviceProfiles
-from fedsim.engine.setup import DEVICE_TAG, noise_generator
+from fedsim.engine.setup import noise_generator
 from fedsim.errors import ConfigError, EngineError
 from strategies.diff2 import DIFFERENCE, Diff2Strategy, finish_round, init, plan_round
 
@@ -108,7 +108,7 @@ def run_diff2_loop(
     spec = flat_spec(model)
     model_bytes = sum(v.numel() * v.element_size() for v in params.values())
     profiles = DeviceProfiles.sample(
-        sc.population.devices, population, np.random.default_rng([sc.seed, DEVICE_TAG])
+        sc.population.devices, population, randomness.generator(sc.seed, randomness.Stream.DEVICE)
     )
     state = init(flatten(params, spec))
     summary = RunSummary(rounds=sc.rounds)

@@ -28,14 +28,11 @@ from torch import nn
 from fedsim.data import FederatedData
 from fedsim.engine.profiles import DeviceProfiles
 from fedsim.engine.protocol import ClientTask
-from fedsim.engine.setup import DEVICE_TAG, SAMPLING_TAG
+from fedsim.randomness import Stream, generator
 from strategies.asynchronous import TICKS_PER_SECOND, EventStrategy, Step, to_ticks
 
 if TYPE_CHECKING:
     from fedsim.engine.server import Engine, RunSummary
-
-FAILURE_TAG = 6
-"""Seed tag of the failure draws (one per started local run)."""
 
 
 class PendingResults:
@@ -102,14 +99,19 @@ def run_event_loop(
     params: dict[str, torch.Tensor],
     strategy: EventStrategy,
 ) -> RunSummary:
-    """Run ``scenario.rounds`` server steps of ``strategy`` on the workers of ``grid``."""
+    """Run ``scenario.rounds`` server steps of ``strategy`` on the workers of ``grid``.
+
+    Raises:
+        ConfigError: a DP scenario (this loop adds no noise; refused before any step).
+    """
     from fedsim.engine.placement import partition_owners
-    from fedsim.engine.server import RunSummary, evaluate
+    from fedsim.engine.server import RunSummary, check_loop_privacy, evaluate
 
     sc = engine.scenario
+    check_loop_privacy(sc, "event")
     m = sc.population.clients
     model_bytes = sum(v.numel() * v.element_size() for v in params.values())
-    profiles = DeviceProfiles.sample(sc.population.devices, m, np.random.default_rng([sc.seed, DEVICE_TAG]))
+    profiles = DeviceProfiles.sample(sc.population.devices, m, generator(sc.seed, Stream.DEVICE))
     identities = engine._await_prepared(grid, pending_prepare)
     owners = partition_owners(identities, population=m, mode=engine.placement)
     if owners is not None and strategy.rule.on_arrival:  # real devices: steps follow the real arrivals
@@ -120,19 +122,19 @@ def run_event_loop(
     connected: set[int] | None = None
 
     def online(cid: int, tick: int) -> bool:
-        rng = np.random.default_rng([sc.seed, SAMPLING_TAG, cid, tick])
+        rng = generator(sc.seed, Stream.EVENT_ONLINE, cid, tick)
         up = bool(profiles.online(np.asarray([cid]), tick / TICKS_PER_SECOND, rng)[0])
         if owners is not None and connected is not None:
             up = up and owners.get(cid) in connected
         return up and examples[cid] > 0
 
     def fails(cid: int, tick: int) -> bool:
-        return bool(np.random.default_rng([sc.seed, FAILURE_TAG, cid, tick]).random() < profiles.failure)
+        return bool(generator(sc.seed, Stream.EVENT_FAILURE, cid, tick).random() < profiles.failure)
 
     def pick(candidates: Sequence[int], k: int, version: int) -> list[int]:
         if len(candidates) <= k:
             return sorted(candidates)
-        rng = np.random.default_rng([sc.seed, SAMPLING_TAG, version])
+        rng = generator(sc.seed, Stream.EVENT_PICK, version)
         return sorted(int(c) for c in rng.choice(np.asarray(candidates), size=k, replace=False))
 
     schedule = strategy.schedule(

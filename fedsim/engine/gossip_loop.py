@@ -48,10 +48,15 @@ def run_gossip_loop(
     data: FederatedData,
     model: nn.Module,
 ) -> RunSummary:
-    """Run a gossip scenario to ``gossip.ticks``; one metrics row per evaluation tick."""
-    from fedsim.engine.server import RunSummary, iter_replies
+    """Run a gossip scenario to ``gossip.ticks``; one metrics row per evaluation tick.
+
+    Raises:
+        ConfigError: a DP scenario (gossip has no DP mechanism here; refused before any superstep).
+    """
+    from fedsim.engine.server import RunSummary, check_loop_privacy, iter_replies
 
     sc = engine.scenario
+    check_loop_privacy(sc, "gossip")
     g, n = sc.gossip_settings, sc.population.clients
     network = build_network(sc, data, model)
     identities = engine._await_prepared(grid, pending_prepare)

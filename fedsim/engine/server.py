@@ -3,7 +3,12 @@
 The engine owns the loop: it waits (with a deadline) for every worker to register, asks the strategy for the
 round's clients, sends each worker ONE message with the model and the list of logical clients it must train,
 collects one reply per worker (with a deadline), lets the strategy aggregate, evaluates centrally, and hands
-each round's metrics to a recorder. Randomness comes from numpy generators derived from the scenario seed.
+each round's metrics to a recorder. Randomness comes from the streams of ``fedsim.randomness``: availability,
+failures, client seeds and non-DP cohorts from the scenario seed; a DP run's cohorts from a secret seed the engine
+holds (``Engine.cohort_seed``), drawn from the whole population before offline clients are dropped, so the
+accountant's q = s/N is what an observer of the public seed faces. A loop that does not implement DP refuses a
+DP scenario before anything starts (:func:`check_loop_privacy`), and a DP run writes only its privatised metrics
+unless ``privacy.release_diagnostics`` (``fedsim.privacy.release``).
 
 The same loop drives a deployment (``fedsim.deploy``): there each SuperNode owns one logical client
 (``fedsim.engine.placement``), replies are taken as they arrive (a round plan's ``quorum`` closes the round
@@ -37,17 +42,13 @@ from fedsim.engine.placement import NodeIdentity, assign, partition_owners, read
 from fedsim.engine.placement import shard as shard  # re-exported: the stable sharding rule
 from fedsim.engine.profiles import DeviceProfiles
 from fedsim.engine.protocol import ClientTask, WorkerResult
-from fedsim.engine.setup import (
-    CLIENT_SEED_TAG,
-    DEVICE_TAG,
-    SAMPLING_TAG,
-    build_data,
-    build_initial_model,
-    noise_generator,
-)
-from fedsim.errors import EngineError
+from fedsim.engine.setup import build_data, build_initial_model, cohort_seed, noise_generator
+from fedsim.errors import ConfigError, EngineError
+from fedsim.privacy.release import release_row
+from fedsim.randomness import Stream, derive_int, generator
 from fedsim.scenario import Scenario
 from strategies import Decentralised, EventStrategy, ReducedUpdates, build_strategy
+from strategies.base import RoundPlan
 
 if TYPE_CHECKING:
     from fedsim.privacy.plan import PrivacyPlan, Spend
@@ -160,7 +161,7 @@ class RoundReplies:
 
 def client_seed(scenario_seed: int, round: int, cid: int) -> int:
     """The training seed of client ``cid`` in ``round`` (31-bit; independent of sharding)."""
-    return int(np.random.SeedSequence([scenario_seed, CLIENT_SEED_TAG, round, cid]).generate_state(1)[0] >> 1)
+    return derive_int(scenario_seed, Stream.CLIENT_SEED, round, cid, bits=31)
 
 
 @torch.no_grad()
@@ -210,6 +211,112 @@ def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.T
     )
 
 
+LOOP_PRIVACY: Mapping[str, frozenset[str]] = {
+    "sync": frozenset({"client", "sample"}),
+    "diff2": frozenset({"sample"}),
+    "event": frozenset(),
+    "gossip": frozenset(),
+}
+"""The DP levels each run loop implements (noise, accounting, secret cohorts); the others it refuses."""
+
+
+def loop_of(strategy: Any) -> str:
+    """Which run loop drives ``strategy``: ``gossip``, ``event``, ``diff2`` or ``sync``."""
+    from strategies.diff2 import Diff2Strategy
+
+    if isinstance(strategy, Decentralised):
+        return "gossip"
+    if isinstance(strategy, EventStrategy):
+        return "event"
+    if isinstance(strategy, Diff2Strategy):
+        return "diff2"
+    return "sync"
+
+
+def check_loop_privacy(scenario: Scenario, loop: str) -> None:
+    """Refuse a DP scenario in a loop that does not implement its level: such a run would add no noise and
+    still write an ε. Validation refuses it too, but the Flower App's ``scenario-json`` path skips validation.
+
+    Raises:
+        ConfigError: naming ``privacy`` and the loop.
+    """
+    if scenario.privacy is None or scenario.privacy.level in LOOP_PRIVACY[loop]:
+        return
+    levels = sorted(LOOP_PRIVACY[loop])
+    raise ConfigError(
+        "privacy",
+        f"null with strategy {scenario.strategy.name!r}: its {loop} loop implements "
+        + (f"DP level {' or '.join(map(repr, levels))} only" if levels else "no differential privacy"),
+        scenario.privacy.level,
+    )
+
+
+def draw_cohort(
+    strategy: Any,
+    state: Any,
+    *,
+    round: int,
+    population: int,
+    online: np.ndarray,
+    rng: np.random.Generator,
+    secret_rng: np.random.Generator | None,
+) -> tuple[RoundPlan, list[int]]:
+    """A synchronous round's cohort: the strategy's plan and, of its clients, those online (in plan order).
+
+    Without ``secret_rng`` (a run without client-level DP) the strategy picks among the ``online`` clients with
+    the public ``rng``. With it (client-level DP) the strategy samples from the whole population with the secret
+    stream and the offline clients are dropped afterwards: each client is then in the sample with the q = s/N
+    the accountant is told, whatever the availability, and who was sampled cannot be replayed from the public
+    seed. (Sampling among the online clients instead would give an online client q = s/N_online > s/N for a
+    fixed-size cohort.)
+    """
+    if secret_rng is None:
+        plan = strategy.configure_round(state, round=round, available=online, rng=rng)
+        return plan, list(plan.client_ids)
+    plan = strategy.configure_round(state, round=round, available=np.arange(population), rng=secret_rng)
+    up = set(online.tolist())
+    return plan, [c for c in plan.client_ids if c in up]
+
+
+ADAPTIVE_COUNT_SENSITIVITY = 0.5
+"""Sensitivity of adaptive clipping's released count Σ_i (b_i − ½) under add/remove (Andrew et al.)."""
+
+
+def mechanism_fields(scenario: Mapping[str, Any], strategy: Any, plan: RoundPlan) -> dict[str, float]:
+    """The DP mechanism a round ran, for its metrics row, from the settings the workers were sent (the DP
+    wrapper adds the update's ``dp_noise_std`` and ``dp_clip``): adaptive clipping's count noise and
+    sensitivity; sample-level DP's per-step noise std σ·C and C."""
+    if scenario.get("privacy") is None:
+        return {}
+    from fedsim.engine.messages import train_config
+    from strategies.dp import ClientLevelDP
+
+    cfg = train_config(scenario, plan.config)
+    if cfg.sample_dp is not None:
+        dp = cfg.sample_dp
+        return {"dp_noise_std": dp.noise_multiplier * dp.max_norm, "dp_clip": dp.max_norm}
+    if isinstance(strategy, ClientLevelDP) and strategy.adaptive:
+        sensitivity = ADAPTIVE_COUNT_SENSITIVITY
+        return {"dp_count_noise_std": strategy.count_noise_std, "dp_count_sensitivity": sensitivity}
+    return {}
+
+
+class ReleasedRows:
+    """A recorder that writes only what a DP run may release (``fedsim.privacy.release``); the rest delegates."""
+
+    def __init__(self, recorder: Recorder, *, diagnostics: bool) -> None:
+        self.recorder, self.diagnostics = recorder, diagnostics
+
+    def write_round(self, row: Mapping[str, Any]) -> None:
+        self.recorder.write_round(release_row(row, diagnostics=self.diagnostics))
+
+    def save_checkpoint(self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any) -> None:
+        self.recorder.save_checkpoint(round=round, params=params, strategy_state=strategy_state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.recorder, name)
+
+
 class Engine:
     """Runs a scenario's rounds against a Flower ``Grid``.
 
@@ -236,18 +343,31 @@ class Engine:
         max_poll_s: float = 0.005,
     ) -> None:
         """``privacy``: the scenario's resolved DP plan and spend when the caller has them; for a DP scenario
-        without them the engine resolves them and keeps them in ``self.privacy`` (for the report)."""
+        without them the engine resolves them and keeps them in ``self.privacy`` (for the report).
+
+        A DP run's rows go through :class:`ReleasedRows` (to the recorder and to ``on_round``), and its cohorts
+        come from ``self.cohort_seed``: a secret (OS CSPRNG) unless ``privacy.insecure_seed``. It is engine state
+        (for a checkpoint, readable by the owner only), never written to the scenario, metrics or reports."""
         self.scenario = scenario
         self.privacy = privacy
+        self.cohort_seed = cohort_seed(scenario)
+        shown = on_round or (lambda row: None)
+        if scenario.privacy is not None:
+            diagnostics = scenario.privacy.release_diagnostics
+            recorder = ReleasedRows(recorder, diagnostics=diagnostics)
+            self.on_round = lambda row: shown(release_row(row, diagnostics=diagnostics))
+        else:
+            self.on_round = shown
         self.recorder = recorder
         self.expected_workers = expected_workers
-        self.on_round = on_round or (lambda row: None)
         self.scenario_dict = scenario.model_dump(mode="json")
         self.placement = placement
         self.max_poll_s = max_poll_s
 
     def run(self, grid: Grid) -> RunSummary:
         sc = self.scenario
+        strategy = build_strategy(sc.strategy, sc.population.clients)
+        check_loop_privacy(sc, loop_of(strategy))  # before any worker is waited for or prepared
         nodes = wait_for_workers(grid, expected=self.expected_workers, timeout_s=sc.engine.register_timeout_s)
         # Workers import, build their data and model while the server builds its own (start-up in parallel).
         pending = self._ask_to_prepare(grid, nodes)
@@ -255,7 +375,6 @@ class Engine:
         model = build_initial_model(sc, data)
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model_bytes = sum(v.numel() * v.element_size() for v in params.values())
-        strategy = build_strategy(sc.strategy, sc.population.clients)
         if isinstance(strategy, Decentralised):  # gossip: no global model; nodes live on their workers
             from fedsim.engine.gossip_loop import run_gossip_loop
 
@@ -288,8 +407,9 @@ class Engine:
                 strategy = client_level_dp(strategy, *self.privacy, noise_generator(sc))
         state = strategy.init(params)
         profiles = DeviceProfiles.sample(
-            sc.population.devices, sc.population.clients, np.random.default_rng([sc.seed, DEVICE_TAG])
+            sc.population.devices, sc.population.clients, generator(sc.seed, Stream.DEVICE)
         )
+        secret_cohort = sc.privacy is not None and sc.privacy.level == "client"
         identities = self._await_prepared(grid, pending)
         owners = partition_owners(identities, population=sc.population.clients, mode=self.placement)
 
@@ -298,14 +418,21 @@ class Engine:
         virtual_time = 0.0
         for rnd in range(1, sc.rounds + 1):
             t0 = time.monotonic()
-            rng = np.random.default_rng([sc.seed, SAMPLING_TAG, rnd])
+            rng = generator(sc.seed, Stream.ROUND, rnd)
             online = np.flatnonzero(profiles.online(np.arange(sc.population.clients), virtual_time, rng))
             if owners is not None:  # deployment: only clients whose device is connected now can be selected
                 connected = set(int(n) for n in grid.get_node_ids())
                 online = np.asarray([c for c in online if owners.get(int(c)) in connected], dtype=np.int64)
-            plan = strategy.configure_round(state, round=rnd, available=online, rng=rng)
-            fails = rng.random(len(plan.client_ids)) < profiles.failure
-            started = [c for c, f in zip(plan.client_ids, fails, strict=True) if not f]
+            # a DP run's cohort is drawn from its secret stream (the scenario seed's with privacy.insecure_seed);
+            # sample-level DP claims no amplification by the cohort, so it is drawn among the online clients
+            secret_rng = None if self.cohort_seed is None else generator(self.cohort_seed, Stream.COHORT, rnd)
+            plan, present = draw_cohort(
+                strategy, state, round=rnd, population=sc.population.clients, online=online,
+                rng=secret_rng if secret_rng is not None and not secret_cohort else rng,
+                secret_rng=secret_rng if secret_cohort else None,
+            )  # fmt: skip
+            fails = rng.random(len(present)) < profiles.failure
+            started = [c for c, f in zip(present, fails, strict=True) if not f]
             replies = self._train_round(
                 grid, nodes, rnd, params, started, plan.config, owners=owners, quorum=plan.quorum
             )
@@ -336,6 +463,7 @@ class Engine:
                 "selected": len(plan.client_ids),
                 "clients": len(trained),
                 "dropped": len(plan.client_ids) - len(trained),
+                "dropped_offline": len(plan.client_ids) - len(present),
                 "dropped_failure": int(fails.sum()),
                 "dropped_timeout": len(replies.lost_timeout),
                 "dropped_unavailable": len(replies.lost_unavailable),
@@ -343,6 +471,7 @@ class Engine:
                 "dropped_nonfinite": sum(len(r.failed) for r in results),
                 "train_loss": (sum(n * l for n, l in losses) / sum(n for n, _ in losses)) if losses else None,
                 **{k: float(v) for k, v in agg.metrics.items()},
+                **mechanism_fields(self.scenario_dict, strategy, plan),
             }
             if rnd % sc.evaluation.every == 0 or rnd == sc.rounds:
                 model.load_state_dict(params)

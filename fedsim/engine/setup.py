@@ -1,8 +1,8 @@
-"""Build a run's data and initial model from its scenario: the same on the server and on every worker."""
+"""Build a run's data and initial model from its scenario: the same on the server and on every worker; and the
+run's seeds that are not public (DP noise, DP cohorts)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -10,14 +10,8 @@ from fedsim.data import FederatedData, load_federated_data
 from fedsim.engine.data_cache import cached
 from fedsim.gradcore.dp import secure_generator, seeded_generator
 from fedsim.models import build_model
+from fedsim.randomness import Stream, derive_int, secret_seed
 from fedsim.scenario import Scenario
-
-# Independent streams derived from the one scenario seed (numpy SeedSequence entropy tags).
-MODEL_INIT_TAG = 1
-SAMPLING_TAG = 2
-CLIENT_SEED_TAG = 3
-DEVICE_TAG = 4
-NOISE_TAG = 5
 
 
 def build_data(scenario: Scenario) -> FederatedData:
@@ -42,7 +36,7 @@ def load_data(scenario: Scenario) -> FederatedData:
 
 def build_initial_model(scenario: Scenario, data: FederatedData) -> nn.Module:
     """The model with its initial weights, a pure function of the scenario seed."""
-    seed = (scenario.seed * 1_000_003 + MODEL_INIT_TAG) % (2**63)
+    seed = derive_int(scenario.seed, Stream.MODEL_INIT)
     return build_model(
         scenario.model.name,
         scenario.model.args,
@@ -56,8 +50,19 @@ def noise_generator(scenario: Scenario) -> torch.Generator:
     """The DP noise's randomness: seeded by the OS CSPRNG, unless ``privacy.insecure_seed`` asks for the scenario
     seed (reproducible, and then every report says the run is not private)."""
     if scenario.privacy is not None and scenario.privacy.insecure_seed:
-        seed = int(
-            np.random.SeedSequence([scenario.seed, NOISE_TAG]).generate_state(1, dtype=np.uint64)[0] >> 1
-        )
-        return seeded_generator(seed)
+        return seeded_generator(derive_int(scenario.seed, Stream.NOISE))
     return secure_generator()
+
+
+def cohort_seed(scenario: Scenario) -> int | None:
+    """The seed of a DP run's cohort draws (``Stream.COHORT``): a fresh secret from the OS CSPRNG, or the
+    scenario seed with ``privacy.insecure_seed`` (reproducible; the report then says the run is not private).
+    None for a run without DP: its cohorts come from the public per-round stream.
+
+    Amplification by sampling holds only while who was sampled is secret, and ``scenario.yaml`` publishes the
+    scenario seed. The engine keeps the secret in its own state (``Engine.cohort_seed``), never in the scenario,
+    the metrics or the reports.
+    """
+    if scenario.privacy is None:
+        return None
+    return scenario.seed if scenario.privacy.insecure_seed else secret_seed()

@@ -21,10 +21,8 @@ from fedsim.gossip.shard import GossipShard, ProtocolConfig
 from fedsim.gossip.simulator import init_nodes
 from fedsim.gossip.topology import build_topology, neighbour_lists
 from fedsim.models import build_model
+from fedsim.randomness import Stream, derive_int, generator
 from fedsim.scenario import Scenario
-
-TOPOLOGY_TAG = 7
-"""Seed tag of a random topology when the scenario gives no ``gossip.topology.seed``."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ def topology_seed(scenario: Scenario) -> int:
     g = scenario.gossip_settings
     if g.topology.seed is not None:
         return g.topology.seed
-    return int(np.random.SeedSequence([scenario.seed, TOPOLOGY_TAG]).generate_state(1)[0])
+    return derive_int(scenario.seed, Stream.TOPOLOGY, bits=32)
 
 
 def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> Network:
@@ -53,7 +51,6 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
         ConfigError: a bad topology (disconnected, bad arguments), client optimizer or profile setting.
     """
     from fedsim.engine.profiles import DeviceProfiles
-    from fedsim.engine.setup import DEVICE_TAG
 
     g, n = scenario.gossip_settings, scenario.population.clients
     neighbours = _neighbours(
@@ -65,7 +62,7 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
         optimizer_args=opt.kwargs(), batch_size=scenario.client.batch_size, timeout=g.timeout,
     )  # fmt: skip
     devices = scenario.population.devices
-    profiles = DeviceProfiles.sample(devices, n, np.random.default_rng([scenario.seed, DEVICE_TAG]))
+    profiles = DeviceProfiles.sample(devices, n, generator(scenario.seed, Stream.DEVICE))
     fixed = None
     if g.schedule == "profile":
         sizes = np.array([len(p) for p in data.partitions[:n]], dtype=np.int64)

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-INTERVAL = 1
-"""Purpose tags: the gap to a node's next event, its availability at an event, a failed training step, batch
-picks, the first event's offset."""
-AVAILABILITY = 2
-FAILURE = 3
-BATCH = 4
-FIRST = 5
+from fedsim.randomness import Stream
+
+INTERVAL = Stream.GOSSIP_INTERVAL
+"""Purpose tags (from the run's one registry of streams, ``fedsim.randomness``): the gap to a node's next event,
+its availability at an event, a failed training step, batch picks, the first event's offset."""
+AVAILABILITY = Stream.GOSSIP_AVAILABILITY
+FAILURE = Stream.GOSSIP_FAILURE
+BATCH = Stream.GOSSIP_BATCH
+FIRST = Stream.GOSSIP_FIRST
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -43,7 +45,7 @@ def uniform(
     """Uniform floats in [0, 1), one per broadcast element of ``node``, ``event`` and ``lane``; the same
     coordinates always give the same number."""
     with np.errstate(over="ignore"):
-        z = np.full(1, np.uint64(seed % 2**64), dtype=np.uint64) * _GOLDEN + np.uint64(purpose)
+        z = np.full(1, np.uint64(seed % 2**64), dtype=np.uint64) * _GOLDEN + np.uint64(int(purpose))
         for key, part in zip(_KEYS, (node, event, lane), strict=True):
             z = _mix(z ^ (np.asarray(part, dtype=np.int64).astype(np.uint64) * key + _GOLDEN))
         z = _mix(z + _GOLDEN)

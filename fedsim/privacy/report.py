@@ -19,6 +19,7 @@ import numpy as np
 
 from fedsim.privacy.accounting import describe_sampling
 from fedsim.privacy.plan import PrivacyPlan, Spend, spend
+from fedsim.privacy.release import released_diagnostics
 from fedsim.privacy.sample_level import group_epsilons
 
 NOT_PRIVATE = "NOT PRIVATE: insecure seed"
@@ -100,6 +101,7 @@ def privacy_record(
         "calibrated": plan.calibrated,
         "target_epsilon": cfg.target_epsilon,
         "insecure_seed": cfg.insecure_seed,
+        "released_diagnostics": released_diagnostics(cfg.release_diagnostics),
         "extrapolated": None,
         "source": source,
     }
@@ -200,7 +202,7 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
         lines += [
             f"# {NOT_PRIVATE}",
             "",
-            "The noise was drawn from the scenario seed (`privacy.insecure_seed: "
+            "The noise and the cohorts were drawn from the scenario seed (`privacy.insecure_seed: "
             "true`): anyone with the scenario can subtract it. The numbers below describe the mechanism, "
             "not a guarantee this run gives.",
             "",
@@ -258,6 +260,13 @@ def statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
         ]
     lines += ["## Caveats", ""]
     lines += [f"- {c}" for c in caveats(record, plan)]
+    released = record.get("released_diagnostics")
+    lines.append(
+        "- Released un-privatised diagnostics (`privacy.release_diagnostics`), not covered by this statement: "
+        + ", ".join(f"`{k}`" for k in released)
+        if released
+        else "- No un-privatised diagnostics are released (`privacy.release_diagnostics: false`)."
+    )
     m = record.get("measured_clipping")
     if m:
         lines += [
@@ -417,7 +426,7 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
     """The assumptions a reader must know to trust the numbers."""
     out = []
     if record["insecure_seed"]:
-        out.append(f"{NOT_PRIVATE}: the noise came from the scenario seed.")
+        out.append(f"{NOT_PRIVATE}: the noise and the cohort sampling came from the scenario seed.")
     else:
         out.append(
             "Noise drawn from torch's generator seeded by the operating system's CSPRNG: the seed cannot be "
@@ -447,8 +456,11 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
         "full rate q, an upper bound when availability is independent of the data."
     )
     out.append(
-        "Cohort selection in simulation uses the scenario seed; amplification by sampling assumes the server keeps "
-        "the cohort secret."
+        f"{NOT_PRIVATE}: the cohorts were drawn from the scenario seed, which scenario.yaml publishes; anyone with "
+        "it can replay who was sampled, so the amplification by sampling above does not hold."
+        if record["insecure_seed"]
+        else "Cohorts drawn from a generator seeded by the OS CSPRNG (never written out): amplification by "
+        "sampling assumes the server keeps the cohort secret."
     )
     if plan.config.per_layer == "adaptive":
         out.append(

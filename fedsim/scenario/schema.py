@@ -158,6 +158,10 @@ class PrivacyConfig(_Frozen):
     deployed_cohort: int | None = Field(default=None, ge=1)
     deployed_population: int | None = Field(default=None, ge=1)
     insecure_seed: bool = False
+    release_diagnostics: bool = False
+    """Write the run's un-privatised diagnostics (train loss, clipping statistics, counts, times) into
+    ``metrics.jsonl`` and ``report.md``; the privacy report then lists them by name (``docs/privacy.md``). Off by
+    default: the (ε, δ) statement covers the noised aggregates only."""
 
     @model_validator(mode="after")
     def _consistent(self) -> PrivacyConfig:

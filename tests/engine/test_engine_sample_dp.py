@@ -148,6 +148,7 @@ def run_engine(privacy, vectorize="auto"):
 
 def test_engine_runs_sample_level_dp_with_epsilon_and_clipping_in_every_row():
     privacy = {"level": "sample", "noise_multiplier": 1.0, "clip": 1.0, "insecure_seed": True, "accountants": ["rdp"]}
+    privacy["release_diagnostics"] = True  # the clipping diagnostics are checked below
     rec, engine = run_engine(privacy)
     plan, spent = engine.privacy
     eps = [r["epsilon_rdp"] for r in rec.rows]
