@@ -122,7 +122,7 @@ def privacy(
     from fedsim.privacy.report import NOT_PRIVATE, privacy_record, write_privacy_report
     from fedsim.scenario import load_scenario
 
-    sc = load_scenario(scenario)
+    sc = load_scenario(scenario, check_names=False)  # resolving names builds the data: the report needs none
     if sc.privacy is None:
         raise ConfigError(
             "privacy", "set in the scenario to get a privacy report (it is null)", None, source=str(scenario)
