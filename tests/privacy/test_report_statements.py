@@ -76,3 +76,18 @@ def test_client_level_report_builds_no_data(tmp_path, monkeypatch):
     monkeypatch.setattr(setup, "build_data", refuse)
     plan = plan_of(tmp_path, "{level: client, clip: 1.0, noise_multiplier: 1.0, accountants: [rdp]}")
     assert privacy_record(plan, spend_rounds(plan), source="scenario")["epsilon"]["rdp"] > 0
+
+
+def test_prv_and_pld_curves_are_upper_bounds_at_every_round():
+    from dataclasses import replace
+
+    from fedsim.privacy.plan import spend
+
+    mech = Mechanism(1.0, 0.01, 1000)
+    out = spend(mech, 1e-5, ("pld",))
+    curve = out.curve["pld"]
+    assert len(curve) == len(out.rounds_at) == 100
+    assert curve[-1] == pytest.approx(epsilon("pld", mech, 1e-5))
+    for i in (0, 7, 33, 58, 98):  # oracle: the accountant on the prefix itself
+        exact = epsilon("pld", replace(mech, steps=out.rounds_at[i]), 1e-5)
+        assert curve[i] >= exact * (1 - 1e-9), (i, curve[i], exact)
