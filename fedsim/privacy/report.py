@@ -207,6 +207,14 @@ def _sample_level_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
             "examples": plan.population,
             "expected_batch_size": plan.cohort,
         },
+        "worst_client_by_accountant": {
+            a: {
+                "steps_per_epoch": g.steps_per_epoch,
+                "examples": g.min_examples,
+                "sample_rate": g.sample_rate,
+            }
+            for a, g in (plan.worst_by_accountant or {}).items()
+        },
         "client_groups": [
             {
                 "steps_per_epoch": g.steps_per_epoch,

@@ -91,3 +91,28 @@ def test_prv_and_pld_curves_are_upper_bounds_at_every_round():
     for i in (0, 7, 33, 58, 98):  # oracle: the accountant on the prefix itself
         exact = epsilon("pld", replace(mech, steps=out.rounds_at[i]), 1e-5)
         assert curve[i] >= exact * (1 - 1e-9), (i, curve[i], exact)
+
+
+def test_sample_level_reports_the_worst_group_of_each_accountant(tmp_path):
+    # σ 0.73, B 50, 5 rounds, clients of 50 and 100 examples: RDP's worst group is not PLD's.
+    # Oracle: dp_accounting's PLDAccountant on each group's Poisson-subsampled Gaussian, maximum taken here.
+    import dp_accounting
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        BASE.replace("rounds: 40", "rounds: 5")
+        .replace("clients: 1000", "clients: 2")
+        .replace("clients_per_round: 20", "clients_per_round: 2")
+        + "client: {batch_size: 50, epochs: 1}\n"
+        + "privacy: {level: sample, clip: 1.0, noise_multiplier: 0.73, accountants: [rdp, pld]}\n"
+    )
+    plan = plan_from_scenario(load_scenario(path, check_names=False), client_sizes=[50, 100])
+    rec = privacy_record(plan, spend_rounds(plan), source="scenario")
+
+    def pld(q, steps):
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(0.73))
+        return dp_accounting.pld.PLDAccountant().compose(event, steps).get_epsilon(1e-5)
+
+    truth = max(pld(1.0, 5), pld(0.5, 10))
+    assert rec["epsilon"]["pld"] == pytest.approx(truth, rel=1e-3)
+    assert set(rec["worst_client_by_accountant"]) == {"rdp", "pld"}
