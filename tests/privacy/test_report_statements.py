@@ -116,3 +116,17 @@ def test_sample_level_reports_the_worst_group_of_each_accountant(tmp_path):
     truth = max(pld(1.0, 5), pld(0.5, 10))
     assert rec["epsilon"]["pld"] == pytest.approx(truth, rel=1e-3)
     assert set(rec["worst_client_by_accountant"]) == {"rdp", "pld"}
+
+
+def test_full_batch_report_states_zero_out_adjacency():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sc = load_scenario(root / "scenarios" / "diff2-diabetes.yaml", check_names=False)
+    plan = plan_from_scenario(sc, client_sizes=[40] * sc.population.clients)
+    rec = privacy_record(plan, spend_rounds(plan), source="scenario")
+    assert rec["adjacency"].startswith("zero-out one example")
+    assert (
+        "zero-out adjacency" in statement(rec, plan)
+        and "adding or removing one example" not in statement(rec, plan).split("Adding or removing")[0]
+    )
