@@ -12,8 +12,10 @@ Matching Opacus 1.6 (``opacus/optimizers/optimizer.py``), step by step:
 * clip: per-example norm = L2 norm of the per-tensor L2 norms, factor ``(C / (norm + 1e-6)).clamp(max=1)``
   (``clip_and_accumulate``), so a zero gradient stays zero and a gradient at norm C is scaled by ``C/(C+1e-6)``;
 * sum: ``einsum`` of factors and per-example gradients over the example axis (masked examples get factor 0);
-* noise: ``torch.normal(mean=0, std=σC, size=<tensor shape>, generator=g, dtype=<tensor dtype>)``, one draw per
-  tensor in the mapping's order (``_generate_noise`` with ``secure_mode=False``; nothing drawn when σC = 0);
+* noise: ``_generate_noise`` with ``secure_mode=False`` draws ``torch.normal(0, σC, <tensor shape>, generator=g)``
+  in the tensor's dtype, one draw per tensor in the mapping's order (nothing drawn when σC = 0); both paths here
+  draw it in float64 and cast (``draw_noise_in_float64`` patches the Opacus optimizer), because torch's float32
+  sampler cuts the tail at 5.77σ;
 * scale: divide by ``expected_batch_size`` (``scale_grad`` for ``loss_reduction="mean"``, one accumulated batch).
 
 With a CPU generator and CPU tensors, a seed gives the same noise as Opacus for the same parameter order (the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -33,10 +36,11 @@ import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedsim.gradcore.dp import secure_generator, seeded_generator
+from fedsim.gradcore.dp import gaussian_noise, secure_generator, seeded_generator
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(outputs, targets) -> scalar``, mean-reduced over a batch (a batch of one: the example's loss)."""
@@ -161,7 +165,9 @@ def _check_aggregate_args(
         if per_client_gen and len(generator) != k:
             problems.append(f"generator must be {k} generators (one per client). Got {len(generator)}.")
         if per_client_divisor and tuple(expected_batch_size.shape) != (k,):
-            problems.append(f"expected_batch_size must have shape ({k},). Got {tuple(expected_batch_size.shape)}.")
+            problems.append(
+                f"expected_batch_size must have shape ({k},). Got {tuple(expected_batch_size.shape)}."
+            )
     if problems:
         raise ValueError(" ".join(problems))
 
@@ -237,13 +243,49 @@ def dp_sgd_aggregate(
     return PrivateGrads(out, norms, signal_sq.sqrt())
 
 
-def _noise(std: float, like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
-    """Opacus' draw on the CPU: one for the whole tensor, or one per client from the client's own generator."""
+def _noise(
+    std: float, like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Opacus' draw, in float64 (``gaussian_noise``) and cast to ``like``'s dtype: one for the whole tensor, or
+    one per client from the client's own generator."""
     if isinstance(generator, torch.Generator):
-        return torch.normal(mean=0, std=std, size=like.shape, generator=generator, dtype=like.dtype)
-    return torch.stack(
-        [torch.normal(mean=0, std=std, size=like.shape[1:], generator=g, dtype=like.dtype) for g in generator]
-    )
+        return gaussian_noise(like.shape, std, generator=generator).to(like.dtype)
+    return torch.stack([gaussian_noise(like.shape[1:], std, generator=g).to(like.dtype) for g in generator])
+
+
+def draw_noise_in_float64(optimizer: DPOptimizer) -> DPOptimizer:
+    """Make an Opacus ``DPOptimizer`` draw its noise in float64 (then cast), in its own order; returns it.
+
+    Opacus' non-secure ``_generate_noise`` draws in the gradient's dtype, and torch's float32 sampler cuts the
+    Gaussian tail at 5.77σ (see ``fedsim.gradcore.dp.gaussian_noise``); this replaces the optimizer's
+    ``add_noise`` with the same loop (one draw of each parameter's shape from ``optimizer.generator``, nothing
+    drawn when σC = 0) on a float64 draw, so both DP-SGD paths add the same noise for a seed.
+    """
+
+    def add_noise() -> None:
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)
+            ref = p.summed_grad
+            noise = (
+                torch.zeros_like(ref)
+                if std == 0
+                else gaussian_noise(ref.shape, std, generator=_generator_for(optimizer.generator, ref)).to(
+                    device=ref.device, dtype=ref.dtype
+                )
+            )
+            p.grad = (ref + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise  # type: ignore[method-assign]
+    return optimizer
+
+
+def _generator_for(generator: torch.Generator | None, ref: torch.Tensor) -> torch.Generator:
+    """The optimizer's generator; without one (Opacus' default), a CSPRNG-seeded one on ``ref``'s device."""
+    if generator is not None:
+        return generator
+    return torch.Generator(ref.device).manual_seed(secrets.randbits(63))
 
 
 def opacus_private_grads(
@@ -283,6 +325,7 @@ def opacus_private_grads(
         generator=generator,
         secure_mode=False,
     )
+    draw_noise_in_float64(optimizer)
     optimizer.zero_grad()
     with warnings.catch_warnings():  # inputs never require grad here; the hook still sees every layer
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from clients.dp_sgd import draw_noise_in_float64
 from clients.optimizers import build, embedding_names
 from fedsim.privacy.sample_level import LocalSchedule
 
@@ -118,6 +119,7 @@ def train_local_dp(
             poisson_sampling=False,  # the loader already draws Poisson batches, with our generator
             noise_generator=device_generator(noise_generator, device),
         )
+    draw_noise_in_float64(dp_opt)  # torch's float32 sampler cuts the Gaussian tail at 5.77σ
     assert dp_opt.expected_batch_size == schedule.expected_batch_size  # the divisor both paths use
     params = [p for group in dp_opt.param_groups for p in group["params"]]
     dim = sum(p.numel() for p in params)
@@ -132,7 +134,9 @@ def train_local_dp(
                 dp_opt.zero_grad(set_to_none=True)
                 loss = loss_fn(private_model(xb), yb)
                 with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                    warnings.filterwarnings(
+                        "ignore", message="Full backward hook is firing", category=UserWarning
+                    )
                     loss.backward()
                 if len(xb):
                     per_tensor = [g.reshape(len(xb), -1).norm(2, dim=-1) for g in dp_opt.grad_samples]

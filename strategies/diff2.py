@@ -21,9 +21,11 @@ noise placed once on the aggregate at the server (central DP)::
                       + N(0, (σ2·C2,r/(P·n_min))² I)
     x_r = x_{r−1} − η·v_r
 
-Sensitivity: under add/remove-one-example adjacency with each client's size n_p public (Opacus' convention: a
-sum over the client's examples divided by its registered size), one example moves (1/P)·ClippedMean_p by at most
-C/(P·n_p) ≤ C/(P·n_min), n_min the smallest client. So σ1, σ2 are *noise multipliers* (noise std over that L2
+Sensitivity: under zero-out adjacency (one example's gradient replaced by zero; each client's size n_p public and
+fixed, so the divisor does not move), one example moves (1/P)·ClippedMean_p by at most C/(P·n_p) ≤ C/(P·n_min),
+n_min the smallest client. Adding or removing an example would change n_p as well and move the mean by up to
+2C/(P·(n_p + 1)): that relation needs twice the noise and is not the one fedsim reports (``privacy.json``
+states ``adjacency``). So σ1, σ2 are *noise multipliers* (noise std over that L2
 sensitivity), and, given the public past iterates, every round is one Gaussian mechanism with noise multiplier σ1
 (restart) or σ2 (difference) and q = 1; the rounds compose adaptively. A difference round with a zero step has
 C2,r = 0, releases exactly 0 and draws no noise; ``privacy_mechanisms`` still counts it (a data-independent upper

@@ -136,12 +136,11 @@ class ClientLevelDP:
         }
         new_clip = state.clip
         if self.adaptive:
-            unclipped = float((norms <= state.clip).sum())
-            noise_b = (
+            noised_count = centred_unclipped_count(norms, state.clip) + (
                 float(torch.randn((), generator=self.generator, dtype=torch.float64)) * self.count_noise_std
             )
             new_clip = next_adaptive_clip(
-                state.clip, (unclipped + noise_b) / s, target_quantile=self.target_quantile, lr=self.clip_lr
+                state.clip, noised_count / s + 0.5, target_quantile=self.target_quantile, lr=self.clip_lr
             )
         for acc, eps in self.epsilon_at.get(state.rounds + 1, {}).items():
             metrics[f"epsilon_{acc}"] = float(eps)
@@ -150,6 +149,22 @@ class ClientLevelDP:
             state=DPState(inner=result.state, clip=new_clip, rounds=state.rounds + 1),
             metrics=metrics,
         )
+
+
+def centred_unclipped_count(norms: np.ndarray, clip: float) -> float:
+    """Σ_i (b_i − ½) with b_i = 1[‖Δ_i‖ ≤ C]: the count adaptive clipping releases (with noise N(0, σ_b²)).
+
+    Centred so that adding or removing one client moves it by exactly ½, whatever that client's bit: the pair
+    (clipped sum, count) then has sensitivity (C, ½), and the split σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2) of
+    ``adaptive_noise_split`` makes it cost what σ alone costs. The raw count Σ b_i moves by 1 when a client at
+    norm ≤ C is added, which that split does not cover under Poisson sampling. Replacing one client (fixed-size
+    cohorts) moves either count by at most 1 and the sum by 2C, which the same split also covers.
+
+    References:
+        Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021, arXiv 1905.03871;
+        TF-Privacy ``QuantileEstimatorQuery`` (``below_estimate = record <= estimate`` minus 0.5).
+    """
+    return float((np.asarray(norms, dtype=np.float64) <= clip).sum()) - 0.5 * len(norms)
 
 
 def clipping_stats(norms: np.ndarray, clip: float) -> dict[str, float]:
@@ -249,7 +264,12 @@ class SampleLevelDP:
         return SampleDPState(inner=self.inner.init(params), rounds=0)
 
     def configure_round(
-        self, state: SampleDPState, *, round: int, available: Sequence[int] | np.ndarray, rng: np.random.Generator
+        self,
+        state: SampleDPState,
+        *,
+        round: int,
+        available: Sequence[int] | np.ndarray,
+        rng: np.random.Generator,
     ) -> RoundPlan:
         plan = self.inner.configure_round(state.inner, round=round, available=available, rng=rng)
         return RoundPlan(plan.client_ids, {**plan.config, NOISE_MULTIPLIER_KEY: float(self.noise_multiplier)})

@@ -37,6 +37,7 @@ from opacus.accountants.analysis.prv import (
     discretize,
 )
 from scipy import fft
+from scipy.stats import norm
 
 from fedsim.errors import ConfigError, UnknownNameError
 
@@ -132,6 +133,8 @@ def _validate(accountant: str, mech: Mechanism, delta: float) -> None:
     validate_accountant(accountant)
     mech.validate()
     validate_delta(delta)
+    if accountant == "pld":
+        _check_pld_size(mech)
     if mech.sampling == "fixed_size" and accountant not in FIXED_SIZE_ACCOUNTANTS:
         raise ConfigError(
             "privacy.accountants",
@@ -149,6 +152,27 @@ def describe_sampling(mech: Mechanism) -> str:
             "(replace-one adjacency)"
         )
     return f"Poisson sampling with rate q={mech.sample_rate:g} per round (add/remove-one adjacency)"
+
+
+# ------------------------------------------------------------------------------------------ noise truncation
+
+FLOAT64_NOISE_BOUND = math.sqrt(106 * math.log(2))
+"""|z| bound of torch's float64 CPU Gaussian (Box–Muller on 53-bit uniforms): √(−2 ln 2⁻⁵³) ≈ 8.57."""
+FLOAT32_NOISE_BOUND = math.sqrt(48 * math.log(2))
+"""|z| bound of torch's float32 CPU Gaussian for tensors of >= 16 elements (24-bit uniforms): ≈ 5.77."""
+
+
+def truncation_delta(mech: Mechanism, bound: float = FLOAT64_NOISE_BOUND) -> float:
+    """The δ a Gaussian sampler cut at ``bound`` standard deviations adds: T·q·[Φ̄(τ − Δ/σ) − Φ̄(τ)].
+
+    Δ/σ is the shift of one invocation in noise units: 1/σ (add/remove), 2/σ for ``fixed_size`` (replace-one).
+    This is the one-coordinate form of the privacy spec (the shift along one axis of the noise); fedsim draws in
+    float64, where it is ~1e-12 or less for the shipped scenarios.
+    """
+    mech.validate()
+    shift = (2.0 if mech.sampling == "fixed_size" else 1.0) / mech.noise_multiplier
+    per_step = float(norm.sf(bound - shift) - norm.sf(bound))
+    return min(1.0, mech.steps * mech.sample_rate * per_step)
 
 
 # ---------------------------------------------------------------------------------------------- library events
@@ -190,6 +214,34 @@ def _prv_epsilon(mech: Mechanism, delta: float) -> float:
     accountant.history = [(mech.noise_multiplier, mech.sample_rate, mech.steps)]
     with np.errstate(divide="ignore"):  # log(0) at q = 1 inside opacus, masked out by its np.where
         return float(accountant.get_epsilon(delta))
+
+
+PLD_MAX_GRID_POINTS = 2_000_000
+"""The largest one-step PLD grid ``pld`` builds (about 16 MB); a smaller σ is refused, not left to die in
+dp_accounting's C++ with ``std::bad_alloc`` (its privacy-loss range grows as 1/σ², its grid step is 1e-4)."""
+_PLD_TAIL_SIGMAS = 10.0  # the loss range of a Gaussian PLD: ±(1/(2σ²) + z/σ) with z ≈ 10 tail std
+
+
+def pld_grid_points(noise_multiplier: float, discretization: float = 1e-4) -> float:
+    """Rough size of the one-step PLD grid of a Gaussian with noise multiplier σ: (1/σ² + 2z/σ)/step."""
+    sigma = noise_multiplier
+    return (1.0 / sigma**2 + 2 * _PLD_TAIL_SIGMAS / sigma) / discretization
+
+
+def pld_min_noise() -> float:
+    """The smallest σ (to 0.01) whose one-step PLD grid fits ``PLD_MAX_GRID_POINTS``."""
+    return next(s / 100 for s in range(1, 10_000) if pld_grid_points(s / 100) <= PLD_MAX_GRID_POINTS)
+
+
+def _check_pld_size(mech: Mechanism) -> None:
+    if pld_grid_points(mech.noise_multiplier) > PLD_MAX_GRID_POINTS:
+        smallest = pld_min_noise()
+        raise ConfigError(
+            "privacy.noise_multiplier",
+            f">= {smallest:g} for the pld accountant (its grid grows as 1/σ² and would exhaust memory; "
+            "use rdp or prv for this σ)",
+            mech.noise_multiplier,
+        )
 
 
 def _pld_epsilon(mech: Mechanism, delta: float) -> float:
@@ -460,6 +512,8 @@ def calibrate_noise(
         raise ConfigError("tol", "a number in (0, 1)", tol)
     mech = Mechanism(sigma_max, sample_rate, steps, sampling, population)
     _validate(accountant, mech, delta)
+    if accountant == "pld":  # probes below this σ would exhaust memory (see PLD_MAX_GRID_POINTS)
+        sigma_min = min(max(sigma_min, pld_min_noise()), sigma_max / (1 + tol))
     return bisect_noise(
         lambda sigma: _EPSILON[accountant](replace(mech, noise_multiplier=sigma), delta),
         target_epsilon=target,

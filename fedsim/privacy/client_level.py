@@ -51,7 +51,8 @@ def update_clipper(
 def adaptive_noise_split(noise_multiplier: float, count_noise_multiplier: float) -> float:
     """σ_Δ for the update when the clipped-count also gets noise σ_b, so the pair costs what σ alone costs.
 
-    σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., Theorem 1); needs 2σ_b > σ.
+    σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., Theorem 1); needs 2σ_b > σ. It holds for the *centred* count
+    Σ(b_i − ½) (``strategies.dp.centred_unclipped_count``), which one client moves by ½ under add/remove.
 
     Raises:
         ConfigError: if the count noise is too small for σ (the split would need an infinite σ_Δ).

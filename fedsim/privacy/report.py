@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedsim.privacy.accounting import describe_sampling
+from fedsim.privacy.accounting import FLOAT64_NOISE_BOUND, describe_sampling, truncation_delta
 from fedsim.privacy.plan import PrivacyPlan, Spend, spend
 from fedsim.privacy.release import released_diagnostics
 from fedsim.privacy.sample_level import group_epsilons
@@ -82,6 +83,8 @@ def privacy_record(
 ) -> dict[str, Any]:
     """The ``privacy.json`` content (the spec's keys and a few more)."""
     cfg, mech = plan.config, plan.mechanism
+    composed = spent.rounds_at[-1] * plan.steps_per_round if spent.rounds_at else mech.steps
+    accounted = replace(mech, steps=composed)
     record: dict[str, Any] = {
         "level": cfg.level,
         "mechanism": "gaussian",
@@ -93,8 +96,13 @@ def privacy_record(
         "sampling": mech.sampling,
         "cohort": plan.cohort,
         "population": plan.population,
-        "rounds": mech.steps,
+        "rounds": composed,
+        "rounds_planned": mech.steps,
+        "adjacency": adjacency(plan),
+        "noise_multiplier_accounted": mech.noise_multiplier,
         "delta": cfg.delta,
+        "delta_truncation": _truncation(plan, accounted),
+        "noise_sampler": f"float64 Box–Muller, |z| <= {FLOAT64_NOISE_BOUND:.3f}",
         "epsilon": dict(spent.epsilon),
         "epsilon_rounds": list(spent.rounds_at),
         "epsilon_per_round": {k: list(v) for k, v in spent.curve.items()},
@@ -105,12 +113,19 @@ def privacy_record(
         "extrapolated": None,
         "source": source,
     }
+    record["delta_total"] = cfg.delta + record["delta_truncation"]
+    if cfg.level == "client" and cfg.per_layer == "adaptive":
+        from fedsim.privacy.client_level import adaptive_noise_split
+
+        count_std = cfg.count_noise_multiplier or plan.cohort / 20.0
+        record["noise_multiplier_update"] = adaptive_noise_split(mech.noise_multiplier, count_std)
+        record["count_noise_std"] = count_std
     if rounds_run is not None:
         record["rounds_run"] = rounds_run
     if plan.schedule is not None:
-        record |= _full_batch_keys(plan)
+        record |= _full_batch_keys(plan, composed)
     elif cfg.level == "sample":
-        record |= _sample_level_keys(plan)
+        record |= _sample_level_keys(plan, composed // plan.steps_per_round)
     if plan.extrapolated is not None:
         ex = plan.extrapolated
         ex_spent = spend(ex.mechanism, cfg.delta, plan.accountants, max_points=2)
@@ -126,13 +141,31 @@ def privacy_record(
     return record
 
 
-def _full_batch_keys(plan: PrivacyPlan) -> dict[str, Any]:
+def adjacency(plan: PrivacyPlan) -> str:
+    """The neighbouring relation the guarantee is stated for (what one person's data can change)."""
+    if plan.schedule is not None:
+        return "zero-out one example (its gradient replaced by zero; client sizes public and fixed)"
+    if plan.config.level == "sample":
+        return "add/remove one example of one client's data"
+    if plan.mechanism.sampling == "fixed_size":
+        return "replace one client's data"
+    return "add/remove one client's data"
+
+
+def _truncation(plan: PrivacyPlan, accounted: Any) -> float:
+    """δ added by the float64 sampler's cut tail, over every mechanism composed."""
+    if plan.schedule is not None:
+        return sum(truncation_delta(m) for m in plan.schedule.mechanisms(accounted.steps))
+    return truncation_delta(accounted)
+
+
+def _full_batch_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
     """What DIFF2 / DP-GD adds: the strategy, both σ and clips, and the list of mechanisms composed."""
     sch = plan.schedule
     assert sch is not None
     mechanisms = []
     for kind in ("restart", "difference"):
-        count = sch.kinds.count(kind)
+        count = sch.kinds[:rounds].count(kind)
         if count:
             clip = sch.clip1 if kind == "restart" else sch.clip2
             mechanisms.append(
@@ -162,19 +195,27 @@ def _full_batch_keys(plan: PrivacyPlan) -> dict[str, Any]:
     }
 
 
-def _sample_level_keys(plan: PrivacyPlan) -> dict[str, Any]:
+def _sample_level_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
     """What sample-level DP adds: the per-step mechanism's schedule, the worst clients and every group's ε."""
     cfg = plan.config
     epochs = plan.steps_per_round // plan.worst_group.steps_per_epoch
-    eps = group_epsilons(plan.groups, plan.noise_multiplier, cfg.delta, epochs=epochs, rounds=plan.rounds)
+    eps = group_epsilons(plan.groups, plan.noise_multiplier, cfg.delta, epochs=epochs, rounds=rounds)
     return {
         "local_steps": plan.steps_per_round,
-        "federated_rounds": plan.rounds,
+        "federated_rounds": rounds,
         "client_participation": "every round (worst case; no amplification by client sampling)",
         "worst_client": {
             "steps_per_epoch": plan.worst_group.steps_per_epoch,
             "examples": plan.population,
             "expected_batch_size": plan.cohort,
+        },
+        "worst_client_by_accountant": {
+            a: {
+                "steps_per_epoch": g.steps_per_epoch,
+                "examples": g.min_examples,
+                "sample_rate": g.sample_rate,
+            }
+            for a, g in (plan.worst_by_accountant or {}).items()
         },
         "client_groups": [
             {
@@ -313,26 +354,45 @@ def _full_batch_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
             else ""
         )
         + ", and averages them; the server averages the clients' means and adds Gaussian noise once, of standard "
-        "deviation noise multiplier × clip/(P·n_min) (the aggregate's L2 sensitivity to adding or removing one "
-        f"example, with the client sizes public; n_min = {sch.min_examples}). Every client takes part in every "
+        "deviation noise multiplier × clip/(P·n_min) (the aggregate's L2 sensitivity when one example's gradient "
+        "is replaced by zero, each client's size n_p being public and fixed; n_min = "
+        f"{sch.min_examples}). Every client takes part in every "
         f"round (q = 1, no amplification). The run composes {parts}: it is "
-        f"({_fmt(max(record['epsilon'].values()))}, {record['delta']:g})-differentially private with respect to "
-        "adding or removing one example of one client's data (by the most conservative of the accountants "
-        "below, each composing this heterogeneous sequence)."
+        f"({_fmt(max(record['epsilon'].values()))}, {record['delta_total']:.3g})-differentially private with "
+        "respect to zero-out adjacency: one example of one client's data replaced by one whose gradient is zero "
+        "(by the most conservative of the accountants below, each composing this heterogeneous sequence). "
+        "Adding or removing an example would change n_p and needs twice the noise (sensitivity 2C/(P·(n_p + 1)))."
     )
 
 
 def _client_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
     cfg = plan.config
+    if "noise_multiplier_update" in record:
+        noise = (
+            f"{_fmt(record['noise_multiplier_update'])} × C_t (σ_Δ: the share of σ = "
+            f"{_fmt(record['noise_multiplier'])} left once the centred count of unclipped clients gets noise of "
+            f"std {_fmt(record['count_noise_std'])}; the pair costs what σ alone costs)"
+        )
+    else:
+        noise = f"{_fmt(record['noise_multiplier'])} × clip"
     return (
         f"Client-level DP-FedAvg with the Gaussian mechanism: each client's whole update is clipped to L2 norm "
         f"{_fmt(cfg.clip)} ({_clip_words(cfg)}), the sum over the cohort gets Gaussian noise of standard "
-        f"deviation {_fmt(record['noise_multiplier'])} × clip once per round, and the server divides by the "
+        f"deviation {noise} once per round, and the server divides by the "
         f"expected cohort size {record['cohort']}. Over {record['rounds']} rounds with "
         f"{describe_sampling(plan.mechanism)}, the training run is "
-        f"({_fmt(max(record['epsilon'].values()))}, {record['delta']:g})-differentially private with respect to "
-        "adding or removing all of one client's data (by the most conservative of the accountants below)."
+        f"({_fmt(max(record['epsilon'].values()))}, {record['delta_total']:.3g})-differentially private with "
+        f"respect to {_relation_words(record)} (by the most conservative of the accountants below; δ includes "
+        f"{record['delta_truncation']:.2g} for the noise sampler's cut tail)."
     )
+
+
+def _relation_words(record: Mapping[str, Any]) -> str:
+    return {
+        "add/remove one client's data": "adding or removing all of one client's data",
+        "replace one client's data": "replacing all of one client's data by any other",
+        "add/remove one example of one client's data": "adding or removing one example of one client's data",
+    }.get(record["adjacency"], record["adjacency"])
 
 
 def _sample_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str:
@@ -346,9 +406,9 @@ def _sample_level_statement(record: Mapping[str, Any], plan: PrivacyPlan) -> str
         f"{record['worst_client']['steps_per_epoch']} step(s) per epoch (n = {record['population']}, "
         f"q = {_fmt(record['sample_rate'])}): over {record['federated_rounds']} rounds × "
         f"{record['local_steps']} local steps = {record['rounds']} composed steps, the training run is "
-        f"({_fmt(max(record['epsilon'].values()))}, {record['delta']:g})-differentially private with respect to "
-        "adding or removing one example of one client's data (by the most conservative of the accountants "
-        "below); every other client's examples are at least as well protected."
+        f"({_fmt(max(record['epsilon'].values()))}, {record['delta_total']:.3g})-differentially private with "
+        "respect to adding or removing one example of one client's data (by the most conservative of the "
+        "accountants below); every other client's examples are at least as well protected."
     )
 
 
@@ -405,8 +465,9 @@ def _parameter_rows(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
         sigma + " |",
         f"| sample rate q | {_fmt(record['sample_rate'])} = {record['cohort']} / {record['population']} |",
         f"| sampling | {record['sampling']} |",
-        f"| rounds (composed invocations) | {record['rounds']} |",
-        f"| δ | {record['delta']:g} |",
+        f"| rounds (composed invocations) | {record['rounds']} of {record['rounds_planned']} planned |",
+        f"| adjacency | {record['adjacency']} |",
+        f"| δ (accountants) + δ (sampler's cut tail) | {record['delta']:g} + {record['delta_truncation']:.2g} |",
     ]
 
 
@@ -447,7 +508,8 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
     else:
         out.append(
             "Fixed-size cohorts drawn without replacement, accounted with replace-one adjacency (one client's data "
-            "replaced: the sum moves by up to 2C, so σ/2 per unit of sensitivity) by dp_accounting's "
+            "replaced by another's, not added or removed: the sum moves by up to 2C, so σ/2 per unit of "
+            "sensitivity) by dp_accounting's "
             "SampledWithoutReplacementDpEvent; its bound (Wang et al. 2019) is conservative, often far above the "
             "Poisson figure."
         )
@@ -464,8 +526,8 @@ def caveats(record: Mapping[str, Any], plan: PrivacyPlan) -> list[str]:
     )
     if plan.config.per_layer == "adaptive":
         out.append(
-            "Adaptive clipping: the count of unclipped clients is released with its own noise; the update noise is "
-            "reduced so the pair costs what σ alone costs (Andrew et al., Theorem 1)."
+            "Adaptive clipping: the centred count Σ(b_i − ½) of unclipped clients is released with its own noise; "
+            "the update noise is reduced to σ_Δ so the pair costs what σ alone costs (Andrew et al., Theorem 1)."
         )
     return out
 

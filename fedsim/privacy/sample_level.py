@@ -8,8 +8,8 @@ schedule, so it is defined once here, with Opacus' conventions (``PrivacyEngine.
 example in a step independently with rate ``q = 1/s``, and divides the noised sum by ``int(n·q)``.
 
 The guarantee of a run is the worst over clients. Clients are grouped by ``s`` (same q and number of steps, hence
-the same ε); every group's ε is an RDP number (cheap), and the group with the largest one is reported by every
-accountant. Each client is assumed to take part in every round (no amplification by client sampling is claimed).
+the same ε); each accountant reports the group that is worst by its own ε (the groups can rank differently under
+RDP and PLD/PRV), and the table of every group's ε is an RDP one (cheap). Each client is assumed to take part in every round (no amplification by client sampling is claimed).
 """
 
 from __future__ import annotations
@@ -98,4 +98,26 @@ def worst_group(
     if not groups:
         raise ValueError("no client has training data")
     eps = group_epsilons(groups, noise_multiplier, delta, epochs=epochs, rounds=rounds)
+    return groups[max(range(len(groups)), key=eps.__getitem__)]
+
+
+def worst_group_by(
+    accountant: str,
+    groups: Sequence[ClientGroup],
+    noise_multiplier: float,
+    delta: float,
+    *,
+    epochs: int,
+    rounds: int,
+) -> ClientGroup:
+    """The least protected group by ``accountant`` itself: RDP's worst group need not be PLD's or PRV's (fewer,
+    larger-q steps against more, smaller-q ones rank differently under the tighter accountants)."""
+    if not groups:
+        raise ValueError("no client has training data")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
+        eps = [
+            epsilon(accountant, g.mechanism(noise_multiplier, epochs=epochs, rounds=rounds), delta)
+            for g in groups
+        ]
     return groups[max(range(len(groups)), key=eps.__getitem__)]

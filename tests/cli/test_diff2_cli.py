@@ -39,7 +39,7 @@ def test_privacy_report_of_the_diff2_scenario_lists_the_mechanisms_and_meets_the
     assert eps == pytest.approx(rec["epsilon"]["rdp"], rel=1e-9) and 2.99 < eps <= 3.0
     assert set(rec["epsilon"]) == {"rdp", "prv", "pld"} and rec["epsilon"]["pld"] <= rec["epsilon"]["rdp"]
     md = (tmp_path / "r" / "privacy.md").read_text()
-    assert "DIFF2-GD" in md and "adding or removing one example" in md and "difference rounds" in md
+    assert "DIFF2-GD" in md and "zero-out adjacency" in md and "difference rounds" in md
     assert (tmp_path / "r" / "plots" / "privacy_epsilon.png").stat().st_size > 1000
     assert f"epsilon_rdp={rec['epsilon']['rdp']:.4f}" in out.stdout and "rounds=40" in out.stdout
 

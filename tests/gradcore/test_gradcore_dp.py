@@ -365,3 +365,23 @@ def test_bad_rule_stddev_generator_seed_are_rejected():
         add_gaussian_noise(1.0, generator=0)
     with pytest.raises(ValueError, match="seed"):
         seeded_generator(-1)
+
+
+def test_noise_tail_is_not_cut_at_the_float32_box_muller_bound():
+    """Oracle: the structure of torch's CPU sampler. Box–Muller pairs z_j, z_{j+8} of each 16-block share
+    u1 = exp(−(z_j² + z_{j+8}²)/2); drawn in float32, u1 is a multiple of 2^-24 (so |z| ≤ √(48 ln 2) = 5.77),
+    drawn in float64 a multiple of 2^-53 (continuous at this scale). Among the pairs with the smallest u1
+    (< 64·2^-24, ~32 expected of 2^23), float32 draws sit on the 2^-24 grid; float64 draws do not. Then a
+    Gaussian tail count at 4σ (Poisson, 5 standard deviations)."""
+    n = 2**24
+    noised, _ = add_gaussian_noise(1.0, generator=seeded_generator(2024)).update(
+        {"z": torch.zeros(n, dtype=torch.float32)}, None
+    )
+    z = noised["z"].double().view(-1, 2, 8)
+    u1 = torch.exp(-(z[:, 0] ** 2 + z[:, 1] ** 2) / 2).flatten() * 2**24
+    small = u1[u1 < 64]
+    off_grid = int(((small - small.round()).abs() > 0.01).sum())
+    assert small.numel() >= 10 and off_grid >= 0.8 * small.numel(), (small.numel(), off_grid)
+    tail = int((z.abs() > 4).sum())
+    expected = n * math.erfc(4 / math.sqrt(2))
+    assert abs(tail - expected) < 5 * math.sqrt(expected), (tail, expected)

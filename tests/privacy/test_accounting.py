@@ -13,7 +13,7 @@ from opacus.accountants import PRVAccountant
 
 from fedsim.errors import ConfigError
 from fedsim.privacy import accounting as acc
-from fedsim.privacy.accounting import Mechanism
+from fedsim.privacy.accounting import Mechanism, calibrate_noise, epsilon
 
 REL = 1e-3  # the spec: reference numbers to 1e-3 relative
 
@@ -346,3 +346,34 @@ def test_prv_accountant_reports_its_upper_bound():
     prv.history = [(1.5, 0.04, 500)]
     lower, estimate, upper = prv._get_dprv(eps_error=0.01, delta_error=1e-8).compute_epsilon(1e-5, 1e-8, 0.01)
     assert acc.epsilon("prv", mech, 1e-5) == pytest.approx(upper) and upper > estimate > lower
+
+
+def test_pld_refuses_a_noise_multiplier_whose_grid_would_exhaust_memory():
+    # σ' = σ·s'/s after extrapolation to a smaller deployed cohort can be tiny; dp_accounting's PLD grid grows
+    # as 1/σ² and died with std::bad_alloc. Now: one line naming the field, at once, and rdp still answers.
+    import time
+
+    from fedsim.privacy.accounting import pld_min_noise
+
+    tiny = Mechanism(noise_multiplier=0.01, sample_rate=0.01, steps=1000)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"privacy.noise_multiplier must be >= .* for the pld accountant"):
+        epsilon("pld", tiny, 1e-5)
+    assert time.monotonic() - t0 < 1.0
+    assert epsilon("rdp", tiny, 1e-5) > 100
+    assert 0.1 < pld_min_noise() < 0.3
+    # calibration by pld never probes below that σ
+    sigma = calibrate_noise("pld", target_epsilon=1e4, delta=1e-5, sample_rate=1.0, steps=1)
+    assert sigma >= pld_min_noise()
+
+
+def test_truncation_delta_against_the_closed_form_and_float32_bound():
+    from scipy.stats import norm as gaussian
+
+    from fedsim.privacy.accounting import FLOAT32_NOISE_BOUND, truncation_delta
+
+    m = Mechanism(noise_multiplier=1.0, sample_rate=0.01, steps=100)
+    # Φ̄(5.768 − 1) − Φ̄(5.768) = 9.39e-7 (scipy), times T·q = 1
+    want = gaussian.sf(math.sqrt(48 * math.log(2)) - 1) - gaussian.sf(math.sqrt(48 * math.log(2)))
+    assert truncation_delta(m, FLOAT32_NOISE_BOUND) == pytest.approx(want, rel=1e-9)
+    assert truncation_delta(m) < 1e-12  # float64's bound is 8.57

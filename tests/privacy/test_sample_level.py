@@ -62,7 +62,8 @@ def scenario(clients=1, rounds=15, epochs=1, batch=150, **privacy):
 @pytest.mark.parametrize(("rounds", "epochs"), [(15, 1), (1, 15), (5, 3)])
 def test_plan_reproduces_tensorflow_privacys_dp_sgd_number(rounds, epochs):
     plan = plan_from_scenario(
-        scenario(rounds=rounds, epochs=epochs, noise_multiplier=1.3, accountants=["rdp"]), client_sizes=[60000]
+        scenario(rounds=rounds, epochs=epochs, noise_multiplier=1.3, accountants=["rdp"]),
+        client_sizes=[60000],
     )
     assert plan.mechanism.sample_rate == 150 / 60000 and plan.mechanism.steps == 15 * 400
     assert plan.steps_per_round == epochs * 400 and plan.rounds == rounds
@@ -78,8 +79,8 @@ def test_the_reported_client_is_the_worst_one_by_every_accountant():
     assert plan.population == 90 and plan.mechanism.sample_rate == 1.0 and plan.steps_per_round == 1
     for acc in ("rdp", "prv", "pld"):
         each = [
-            epsilon(acc, Mechanism(1.1, 1 / s, 3 * s), 1e-5) for s in (LocalSchedule(n, 150).steps_per_epoch
-            for n in sizes if n)
+            epsilon(acc, Mechanism(1.1, 1 / s, 3 * s), 1e-5)
+            for s in (LocalSchedule(n, 150).steps_per_epoch for n in sizes if n)
         ]
         assert spent.epsilon[acc] == pytest.approx(max(each), rel=1e-9)
 
@@ -120,8 +121,22 @@ def test_the_record_has_the_spec_keys_and_local_steps():
     sc = scenario(clients=2, rounds=4, epochs=2, batch=100, noise_multiplier=1.0, accountants=["rdp"])
     plan = plan_from_scenario(sc, client_sizes=[1000, 450])
     record = privacy_record(plan, spend_rounds(plan), source="scenario")
-    for key in ("level", "mechanism", "clip", "per_layer", "noise_multiplier", "sample_rate", "sampling",
-                "rounds", "delta", "epsilon", "epsilon_per_round", "calibrated", "insecure_seed", "extrapolated"):
+    for key in (
+        "level",
+        "mechanism",
+        "clip",
+        "per_layer",
+        "noise_multiplier",
+        "sample_rate",
+        "sampling",
+        "rounds",
+        "delta",
+        "epsilon",
+        "epsilon_per_round",
+        "calibrated",
+        "insecure_seed",
+        "extrapolated",
+    ):
         assert key in record
     assert record["level"] == "sample" and record["local_steps"] == 10 and record["rounds"] == 40
     assert record["federated_rounds"] == 4 and record["sample_rate"] == 0.2

@@ -176,3 +176,22 @@ def test_mechanisms_compose_per_distinct_sigma():
             Diff2Config(lr=0.1, restart_every=4, clip1=1.0, clip2=1.0, noise_multiplier1=1.0), 2
         )
     assert err.value.field == "strategy.args.noise_multiplier2"
+
+
+def test_zero_out_one_example_moves_the_release_by_at_most_one_over_sigma_noise_stds():
+    """Zero-out adjacency (the one privacy.json states): one example's gradient replaced by zero, sizes fixed.
+    Oracle: the same noise seed for both inputs, so the outputs differ by the shift itself; the noise std is
+    measured from the output (4096 coordinates); shift/std must not exceed 1/σ, the σ the accountant gets."""
+    from strategies.diff2 import private_mean
+
+    d, sigma, clip = 4096, 0.8, 1.0
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(n, d, generator=g, dtype=torch.float64) * 3 for n in (3, 7)]  # all rows clipped
+    zeroed = [grads[0].clone(), grads[1]]
+    zeroed[0][1] = 0.0  # the smallest client loses one example's contribution, keeps its size
+    a, _ = private_mean(grads, clip, sigma, generator=seeded_generator(9))
+    b, _ = private_mean(zeroed, clip, sigma, generator=seeded_generator(9))
+    noise_only, _ = private_mean([torch.zeros(n, d, dtype=torch.float64) for n in (3, 7)], clip, sigma,
+                                 generator=seeded_generator(1))  # fmt: skip
+    shift = float(torch.linalg.vector_norm(a - b)) / float(noise_only.std())
+    assert shift <= (1 / sigma) * 1.05, shift
