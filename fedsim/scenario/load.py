@@ -91,10 +91,16 @@ def _dedupe_union_errors(errors: list[Mapping[str, Any]]) -> list[Mapping[str, A
     return list(seen.values())
 
 
+INFINITY_ALLOWED = ("strategy.args",)
+"""Subtrees whose owner gives ``.inf`` a meaning and checks it (DIFF2's ``clip1: .inf``: no clipping)."""
+
+
 def _non_finite(data: Any, path: str = "") -> list[str]:
-    """Every ``.nan``/``.inf`` in the raw file as '<field> must be a finite number. Got nan.' (any field: no
-    scenario setting takes a non-finite number, and an optimizer's ``lr: .nan`` would otherwise reach training)."""
+    """Every ``.nan``/``.inf`` in the raw file as '<field> must be a finite number. Got nan.' (no other scenario
+    setting takes a non-finite number, and an optimizer's ``lr: .nan`` would otherwise reach training)."""
     if isinstance(data, float) and not math.isfinite(data):
+        if math.isinf(data) and path.startswith(tuple(p + "." for p in INFINITY_ALLOWED)):
+            return []
         return [f"{path or '(top level)'} must be a finite number. Got {data!r}."]
     if isinstance(data, Mapping):
         return [m for k, v in data.items() for m in _non_finite(v, f"{path}.{k}" if path else str(k))]

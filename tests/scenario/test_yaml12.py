@@ -72,3 +72,16 @@ def test_repeated_keys_are_refused_with_their_lines(tmp_path):
 def test_merge_keys_still_work():
     assert load_yaml("a: &x {p: 1}\nb: {<<: *x, q: 2}")["b"] == {"p": 1, "q": 2}
     assert not math.isnan(load_yaml("x: 1.5")["x"])
+
+
+def test_infinity_is_kept_where_a_strategy_gives_it_a_meaning(tmp_path):
+    """DIFF2's ``clip1: .inf`` means no clipping; the strategy's own check still refuses ``.nan`` there."""
+    head = "name: x\ndata: {dataset: diabetes, partitioner: iid}\npopulation: {clients: 4}\n"
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        head + "strategy: {name: diff2, clients_per_round: 4, args: {lr: 0.1, clip1: .inf, clip2: .inf}}\n"
+    )
+    assert load_scenario(path).strategy.args["clip1"] == math.inf
+    path.write_text(head + "strategy: {name: diff2, clients_per_round: 4, args: {lr: 0.1, clip1: .nan}}\n")
+    with pytest.raises(ScenarioError, match="strategy.args.clip1"):
+        load_scenario(path)
