@@ -49,7 +49,9 @@ def _root(
     """Federated learning and differential-privacy simulation on Flower + Ray."""
 
 
-def with_overrides(sc: Scenario, source: str, *, rounds: int | None = None, no_privacy: bool = False) -> Scenario:
+def with_overrides(
+    sc: Scenario, source: str, *, rounds: int | None = None, no_privacy: bool = False
+) -> Scenario:
     """The scenario with the command line's overrides applied (validated again, errors naming the option)."""
     from fedsim.scenario import parse_scenario
 
@@ -91,6 +93,13 @@ def run(
     from fedsim.scenario import load_scenario
 
     sc = with_overrides(load_scenario(scenario), str(scenario), rounds=rounds, no_privacy=no_privacy)
+    if output is not None:  # the scenario's output.dir was checked with the file
+        from fedsim.scenario.checks import check_output_root
+
+        try:
+            check_output_root(output, sc.name, field="--output")
+        except ConfigError as exc:
+            raise exc.with_source(str(scenario)) from None
     from fedsim.run import run_scenario
 
     try:
@@ -148,11 +157,14 @@ def privacy(
 @app.command()
 def compare(
     items: Annotated[
-        list[Path], typer.Argument(help="Scenario files (run first) or finished run folders, in legend order.")
+        list[Path],
+        typer.Argument(help="Scenario files (run first) or finished run folders, in legend order."),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Folder for compare.png and compare.md (default: runs/compare-<time>)."),
+        typer.Option(
+            "--output", "-o", help="Folder for compare.png and compare.md (default: runs/compare-<time>)."
+        ),
     ] = None,
     title: Annotated[str, typer.Option(help="Plot and table title.")] = "",
 ) -> None:
@@ -188,19 +200,34 @@ def compare(
 @app.command()
 def validate(
     scenarios: Annotated[list[Path], typer.Argument(help="One or more scenario files to check.")],
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build",
+            help="Also make the checks a run makes before it starts: build the data (through the data cache), "
+            "the gossip network and the initial model, and plan the privacy accounting (calibrating sigma). Slower.",
+        ),
+    ] = False,
 ) -> None:
-    """Check scenario files: schema, values and every registered name. Exit 2 if any is invalid."""
+    """Check scenario files: schema, values, every registered name and its arguments. Exit 2 if any is invalid.
+
+    Builds nothing and writes nothing (no data, model, network or cache) unless --build is given.
+    """
     from fedsim.scenario import load_scenario
 
     bad = 0
     for path in scenarios:
         try:
             sc = load_scenario(path)
-            if sc.privacy is not None:  # an unreachable target ε or an unaccountable sampling fails here too
-                from fedsim.privacy.plan import plan_from_scenario
+            if build:
+                from fedsim.scenario.load import check_registered_names
 
                 try:
-                    plan_from_scenario(sc)
+                    check_registered_names(sc)
+                    if sc.privacy is not None:  # an unreachable target ε or an unaccountable sampling
+                        from fedsim.privacy.plan import plan_from_scenario
+
+                        plan_from_scenario(sc)
                 except ConfigError as exc:
                     raise exc.with_source(str(path)) from None
         except FedsimError as exc:
@@ -237,7 +264,9 @@ def deploy(
     ] = False,
     certs: Annotated[
         Path | None,
-        typer.Option("--certs", help="With --local: DIR/ca.pem, server.pem, server.key (default: made anew)."),
+        typer.Option(
+            "--certs", help="With --local: DIR/ca.pem, server.pem, server.key (default: made anew)."
+        ),
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="With --local: the SuperLink's port.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Results root folder.")] = None,

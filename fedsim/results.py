@@ -16,7 +16,9 @@ from typing import Any
 import torch
 import yaml
 
+from fedsim.errors import ConfigError
 from fedsim.scenario import Scenario
+from fedsim.scenario.checks import check_output_root
 
 
 def _json_safe(value: Any) -> Any:
@@ -26,8 +28,15 @@ def _json_safe(value: Any) -> Any:
 
 
 def new_run_dir(scenario: Scenario, *, root: str | Path | None = None) -> Path:
-    """Create a fresh, unique results folder for ``scenario`` (never reuses an existing one)."""
-    base = Path(root if root is not None else scenario.output.dir) / scenario.name
+    """Create a fresh, unique results folder for ``scenario`` (never reuses an existing one).
+
+    Raises:
+        ConfigError: the root (``--output`` or ``output.dir``) is, or lies under, a file, or cannot be written.
+    """
+    field = "--output" if root is not None else "output.dir"
+    root = Path(root if root is not None else scenario.output.dir)
+    check_output_root(root, scenario.name, field=field)
+    base = root / scenario.name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = base / (stamp if i == 0 else f"{stamp}-{i}")
@@ -36,7 +45,11 @@ def new_run_dir(scenario: Scenario, *, root: str | Path | None = None) -> Path:
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"cannot create a new results folder under {base}")
+        except OSError as exc:
+            raise ConfigError(
+                field, f"a folder where results can be written ({exc.strerror})", str(root)
+            ) from None
+    raise ConfigError(field, f"a folder with room for a new results folder under {base}", str(root))
 
 
 class RunDir:

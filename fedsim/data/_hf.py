@@ -15,7 +15,6 @@ import numpy as np
 from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import Partitioner
 
-from fedsim.data._args import Args
 from fedsim.data.base import PARTITION, TEST_SPLIT, DataRequest, SplitData, stratified_split
 from fedsim.data.partitioners import INDEX, PartitionContext, build_partitioner, column, read_partitions
 from fedsim.errors import ConfigError
@@ -55,15 +54,18 @@ class _SizedPartitioner(Partitioner):
 
 
 def load_split_data(
-    request: DataRequest, args: Args, *, dataset: str, subset: str | None, load_kwargs: dict[str, Any]
+    request: DataRequest,
+    args: Mapping[str, Any],
+    *,
+    dataset: str,
+    subset: str | None,
+    load_kwargs: dict[str, Any],
 ) -> SplitData:
     """Load ``dataset`` through ``FederatedDataset``, resplit it and partition its train split (see the loaders)."""
-    x_spec = args.raw("x")
-    y_col = args.string("y", "label")
-    user_col = args.string("user", None)
-    train_split = args.string("train_split", "train")
-    test_split = args.string("test_split", "test")
-    cache_dir = args.string("cache_dir", None)
+    x_spec, y_col, user_col, train_split = args["x"], args["y"], args["user"], args["train_split"]
+    explicit_test_split = args["test_split"] is not None
+    test_split = args["test_split"] or "test"
+    cache_dir = args["cache_dir"]
     if cache_dir is not None:
         load_kwargs = {**load_kwargs, "cache_dir": cache_dir}
     rng = request.rng(PARTITION)
@@ -80,7 +82,7 @@ def load_split_data(
                 raise ConfigError(field, f"a column of {request.name} ({', '.join(train.column_names)})", col)
         if test_split in dd and test_split != train_split:
             test = dd[test_split]
-        elif "test_split" in args:
+        elif explicit_test_split:
             raise ConfigError(
                 "data.args.test_split", f"a split of {request.name} ({', '.join(dd)})", test_split
             )

@@ -31,11 +31,11 @@ class DataRequest:
     """Everything a dataset loader may use; built once by ``load_federated_data`` from validated input.
 
     Attributes:
-        args: ``data.args`` as given (the loader validates its own keys).
+        args: ``data.args`` resolved by the dataset's spec (its own defaults filled in).
         target: the part after the colon for prefixed datasets (``mnist`` in ``hf:mnist``), else ``None``.
         name: the full dataset name, for messages.
         partitioner: ``data.partitioner``.
-        partitioner_args: ``data.partitioner_args`` as given.
+        partitioner_args: ``data.partitioner_args`` resolved by the partitioner's spec.
         test_fraction: fraction of examples held out as the central test set.
         num_clients: number of logical clients (partitions).
         seed: the run seed (an integer >= 0).

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, declares, integers, num
 from fedsim.data.base import DATASETS, GENERATE, DataRequest, SplitData
 from fedsim.errors import ConfigError
 
@@ -22,6 +22,18 @@ _CHUNK_VALUES = 2**22
 
 
 @DATASETS.register("blobs")
+@declares(
+    ArgSpec(
+        (
+            integers("shape", [784], low=1),
+            num("classes", 10, integer=True, low=2),
+            num("samples_per_client", 32, integer=True, low=1),
+            num("test_samples", 1000, integer=True, low=1),
+            num("noise", 1.0, low=0, low_open=True),
+        )
+    ),
+    task="classification",
+)
 def blobs(request: DataRequest) -> SplitData:
     """Labels y uniform over ``classes``; x = center[y] + noise * N(0, I), centers ~ N(0, I) of the example shape.
 
@@ -38,17 +50,10 @@ def blobs(request: DataRequest) -> SplitData:
         Pedregosa, F. et al., "Scikit-learn: Machine Learning in Python", JMLR 12, 2011 (``make_blobs``, the
         same isotropic Gaussian mixture).
     """
-    args = Args(
-        request.args,
-        field="data.args",
-        owner="blobs",
-        accepted=("shape", "classes", "samples_per_client", "test_samples", "noise"),
-    )
-    shape = args.integers("shape", [784], low=1)
-    classes = args.number("classes", 10, integer=True, low=2)
-    per_client = args.number("samples_per_client", 32, integer=True, low=1)
-    test_samples = args.number("test_samples", 1000, integer=True, low=1)
-    noise = float(args.number("noise", 1.0, low=0, low_open=True))
+    args = request.args
+    shape = tuple(args["shape"])
+    classes, per_client, test_samples = args["classes"], args["samples_per_client"], args["test_samples"]
+    noise = float(args["noise"])
     num_train = per_client * request.num_clients
     values = (num_train + test_samples + classes) * math.prod(shape)
     if values > MAX_VALUES:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, declares
 from fedsim.data.base import DATASETS, TEST_SPLIT, DataRequest, SplitData, stratified_split
 
 
 @DATASETS.register("digits")
+@declares(ArgSpec(), task="classification")
 def digits(request: DataRequest) -> SplitData:
     """The UCI optical-recognition digits as 64 features scaled to [0, 1], 10 classes.
 
@@ -20,7 +21,6 @@ def digits(request: DataRequest) -> SplitData:
     """
     from sklearn.datasets import load_digits  # imported here: importing sklearn takes about a second
 
-    Args(request.args, field="data.args", owner="digits", accepted=())
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)  # pixel counts are 0..16
     y = y.astype(np.int64)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.argspec import ArgSpec, spec_of
 from fedsim.data._args import check_number
 from fedsim.data.base import (
     DATASETS,
@@ -24,7 +25,7 @@ from fedsim.data.base import (
     DataRequest,
     DatasetLoader,
 )
-from fedsim.data.partitioners import PARTITIONERS, partition_arrays
+from fedsim.data.partitioners import PARTITIONERS, partition_arrays, resolve_partitioner_args
 from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError, UnknownNameError
 
@@ -124,6 +125,28 @@ def resolve_dataset(name: str) -> tuple[DatasetLoader, str | None]:
     raise UnknownNameError("data.dataset", name, known)
 
 
+def dataset_spec(name: str) -> ArgSpec:
+    """The :class:`ArgSpec` of ``data.args`` for dataset ``name`` (``hf:<name>`` and ``parquet:<path>`` share
+    their family's)."""
+    loader, _ = resolve_dataset(name)
+    return spec_of(loader)
+
+
+def dataset_task(name: str) -> str:
+    """What dataset ``name`` trains: ``classification`` or ``regression`` (declared by its loader)."""
+    loader, _ = resolve_dataset(name)
+    return str(getattr(loader, "task", "classification"))
+
+
+def resolve_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data.args`` checked against dataset ``name``'s spec, with that dataset's own defaults filled in.
+
+    Pure: loads and generates nothing. Raises ``UnknownNameError``/``ConfigError`` naming ``data.args.<key>``.
+    """
+    owner = f"{name.partition(':')[0]} datasets" if ":" in name else name
+    return dataset_spec(name).resolve(args, field="data.args", owner=owner)
+
+
 def load_federated_data(
     *,
     dataset: str,
@@ -155,16 +178,14 @@ def load_federated_data(
     check_number("population.clients", num_clients, integer=True, low=1)
     check_number("data.test_fraction", test_fraction, low=0, high=1, high_open=True)
     loader, target = resolve_dataset(dataset)
-    PARTITIONERS.get(partitioner)  # fail on the name before loading anything
-    for field, value in (("data.args", args), ("data.partitioner_args", partitioner_args)):
-        if value is not None and not isinstance(value, Mapping):
-            raise ConfigError(field, "a mapping", value)
+    resolved_args = resolve_dataset_args(dataset, args)  # fail on bad arguments before loading anything
+    resolved_partitioner_args = resolve_partitioner_args(partitioner, partitioner_args)
     request = DataRequest(
-        args=dict(args or {}),
+        args=resolved_args,
         target=target,
         name=dataset,
         partitioner=partitioner,
-        partitioner_args=dict(partitioner_args or {}),
+        partitioner_args=resolved_partitioner_args,
         test_fraction=float(test_fraction),
         num_clients=int(num_clients),
         seed=int(seed),

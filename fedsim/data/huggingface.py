@@ -15,14 +15,37 @@ import glob
 from collections.abc import Callable
 from typing import Any
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, custom, declares, text
 from fedsim.data.base import PREFIXED_DATASETS, DataRequest, SplitData
 from fedsim.errors import ConfigError
 
-_COMMON_KEYS = ("x", "y", "user", "train_split", "test_split", "cache_dir")
+
+def _check_columns(field: str, value: Any) -> str | list[str]:
+    ok = isinstance(value, str) and value
+    ok = ok or (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value))
+    if not ok:
+        raise ConfigError(field, "a column name or a non-empty list of column names", value)
+    return value
+
+
+_COMMON = (
+    custom(
+        "x",
+        None,
+        _check_columns,
+        "a column name or a non-empty list of column names",
+        default_doc="image if present, else every column but the label and user",
+    ),
+    text("y", "label"),
+    text("user", None),
+    text("train_split", "train"),
+    text("test_split", None, default_doc="test where the data has it, else a held-out test_fraction"),
+    text("cache_dir", None),
+)
 
 
 @PREFIXED_DATASETS.register("hf")
+@declares(ArgSpec((*_COMMON, text("subset", None))), task="classification")
 def hub(request: DataRequest) -> SplitData:
     """A Hugging Face Hub dataset, e.g. ``hf:ylecun/mnist`` (downloaded and cached by ``datasets``).
 
@@ -37,13 +60,13 @@ def hub(request: DataRequest) -> SplitData:
         (flwr-datasets' ``FederatedDataset``). Lhoest, Q. et al., "Datasets: A Community Library for Natural
         Language Processing", EMNLP 2021 (system demos), arXiv:2109.02846.
     """
-    args = Args(request.args, field="data.args", owner="hf datasets", accepted=(*_COMMON_KEYS, "subset"))
     return _loader(request)(
-        request, args, dataset=request.target or "", subset=args.string("subset", None), load_kwargs={}
+        request, request.args, dataset=request.target or "", subset=request.args["subset"], load_kwargs={}
     )
 
 
 @PREFIXED_DATASETS.register("parquet")
+@declares(ArgSpec((*_COMMON, text("test_path", None))), task="classification")
 def parquet(request: DataRequest) -> SplitData:
     """A local parquet file (or glob), e.g. ``parquet:data/train.parquet``; works offline.
 
@@ -53,11 +76,9 @@ def parquet(request: DataRequest) -> SplitData:
     References:
         Beutel, D. J. et al., "Flower: A Friendly Federated Learning Research Framework", arXiv:2007.14390, 2020.
     """
-    args = Args(
-        request.args, field="data.args", owner="parquet datasets", accepted=(*_COMMON_KEYS, "test_path")
-    )
+    args = request.args
     path = request.target or ""
-    test_path = args.string("test_path", None)
+    test_path = args["test_path"]
     for field, value, shown in (
         ("data.dataset", path, request.name),
         ("data.args.test_path", test_path, test_path),

@@ -8,10 +8,12 @@ the reference pickle, the difficulty does not.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, custom, declares, flag, num
 from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData, stratified_split
 from fedsim.errors import ConfigError
 
@@ -78,7 +80,37 @@ def generate(*, num_samples: int, rng: np.random.Generator, **params) -> tuple[n
     return xs.astype(np.float32), ys
 
 
+def _check_padding(field: str, value: Any) -> list[int]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 0 <= value[0] <= value[1]
+    )
+    if not ok:
+        raise ConfigError(field, "a pair [low, high] of integers with 0 <= low <= high", value)
+    return [int(v) for v in value]
+
+
 @DATASETS.register("mnist1d")
+@declares(
+    ArgSpec(
+        (
+            num("num_samples", 5000, integer=True, low=20),
+            custom(
+                "padding", [36, 60], _check_padding, "a pair [low, high] of integers with 0 <= low <= high"
+            ),
+            num("scale_coeff", 0.4, low=0, high=2, high_open=True),
+            num("max_translation", 48, integer=True, low=1),
+            num("corr_noise_scale", 0.25, low=0),
+            num("iid_noise_scale", 2e-2, low=0),
+            num("shear_scale", 0.75, low=0),
+            flag("shuffle_seq", False),
+            num("final_seq_length", 40, integer=True, low=2),
+        )
+    ),
+    task="classification",
+)
 def mnist1d(request: DataRequest) -> SplitData:
     """MNIST-1D: 10 classes, input_shape (40,), 5000 examples by default (4000 + 1000 at test_fraction 0.2).
 
@@ -90,44 +122,9 @@ def mnist1d(request: DataRequest) -> SplitData:
         Greydanus, S. and Kobak, D., "Scaling down Deep Learning with MNIST-1D", ICML 2024, arXiv:2011.14439
         (2020); generator followed: github.com/greydanus/mnist1d, mnist1d/data.py and mnist1d/transform.py.
     """
-    args = Args(
-        request.args,
-        field="data.args",
-        owner="mnist1d",
-        accepted=(
-            "num_samples",
-            "padding",
-            "scale_coeff",
-            "max_translation",
-            "corr_noise_scale",
-            "iid_noise_scale",
-            "shear_scale",
-            "shuffle_seq",
-            "final_seq_length",
-        ),
-    )
-    padding = args.raw("padding", [36, 60])
-    if (
-        not isinstance(padding, (list, tuple))
-        or len(padding) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in padding)
-        or not 0 <= padding[0] <= padding[1]
-    ):
-        raise ConfigError(
-            "data.args.padding", "a pair [low, high] of integers with 0 <= low <= high", padding
-        )
-    length = args.number("final_seq_length", 40, integer=True, low=2)
-    params = {
-        "padding": tuple(padding),
-        "scale_coeff": args.number("scale_coeff", 0.4, low=0, high=2, high_open=True),
-        "max_translation": args.number("max_translation", 48, integer=True, low=1),
-        "corr_noise_scale": args.number("corr_noise_scale", 0.25, low=0),
-        "iid_noise_scale": args.number("iid_noise_scale", 2e-2, low=0),
-        "shear_scale": args.number("shear_scale", 0.75, low=0),
-        "shuffle_seq": args.boolean("shuffle_seq", False),
-        "final_seq_length": length,
-    }
-    num_samples = args.number("num_samples", 5000, integer=True, low=20)
+    params = {k: v for k, v in request.args.items() if k != "num_samples"}
+    params["padding"] = tuple(params["padding"])
+    num_samples = request.args["num_samples"]
     x, y = generate(num_samples=num_samples, rng=request.rng(GENERATE), **params)
     train, test = stratified_split(y, request.test_fraction, request.rng(TEST_SPLIT))
     return SplitData(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test], num_classes=10)

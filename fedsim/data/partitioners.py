@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, choice, declares, flag, num, spec_of
 from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError
 from fedsim.registry import Registry
@@ -61,11 +61,16 @@ PartitionerFactory = Callable[[Mapping[str, Any], PartitionContext], "Partitione
 PARTITIONERS: Registry[PartitionerFactory] = Registry("data.partitioner")
 
 
-def _args(values: Mapping[str, Any], name: str, accepted: tuple[str, ...]) -> Args:
-    return Args(values, field=FIELD, owner=name, accepted=accepted)
+def resolve_partitioner_args(name: str, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data.partitioner_args`` checked against partitioner ``name``'s spec, its own defaults filled in.
+
+    Pure: builds nothing. Raises ``UnknownNameError`` for an unknown name, ``ConfigError`` for a bad argument.
+    """
+    return spec_of(PARTITIONERS.get(name)).resolve(values, field=FIELD, owner=name)
 
 
 @PARTITIONERS.register("iid")
+@declares(ArgSpec())
 def iid(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
     """Equal contiguous shards of the (seeded-shuffled) rows: clients differ only by sampling noise.
 
@@ -73,9 +78,9 @@ def iid(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
         McMahan, B. et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
         AISTATS 2017, arXiv:1602.05629 (the IID baseline).
     """
+    resolve_partitioner_args("iid", values)
     from flwr_datasets.partitioner import IidPartitioner
 
-    _args(values, "iid", ())
     return IidPartitioner(num_partitions=ctx.num_clients)
 
 
@@ -100,6 +105,22 @@ def default_min_partition_size(num_examples: int, num_clients: int) -> int:
 
 
 @PARTITIONERS.register("dirichlet")
+@declares(
+    ArgSpec(
+        (
+            num("alpha", 0.5, low=0, low_open=True),
+            num(
+                "min_partition_size",
+                None,
+                integer=True,
+                low=1,
+                default_doc="min(10, max(1, examples // (10 * clients)))",
+            ),
+            flag("self_balancing", False),
+            flag("shuffle", True),
+        )
+    )
+)
 def dirichlet(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
     """Label skew: each class is split over the clients by proportions drawn from Dir(alpha).
 
@@ -111,26 +132,37 @@ def dirichlet(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
         arXiv:1905.12022. Hsu, T.-M. H., Qi, H. and Brown, M., "Measuring the Effects of Non-Identical Data
         Distribution for Federated Visual Classification", arXiv:1909.06335, 2019.
     """
-    args = _args(values, "dirichlet", ("alpha", "min_partition_size", "self_balancing", "shuffle"))
+    args = resolve_partitioner_args("dirichlet", values)
     from flwr_datasets.partitioner import DirichletPartitioner
 
+    min_size = args["min_partition_size"]
     return DirichletPartitioner(
         num_partitions=ctx.num_clients,
         partition_by=ctx.label_column,
-        alpha=float(args.number("alpha", 0.5, low=0, low_open=True)),
-        min_partition_size=args.number(
-            "min_partition_size",
-            default_min_partition_size(ctx.num_examples, ctx.num_clients),
-            integer=True,
-            low=1,
+        alpha=float(args["alpha"]),
+        min_partition_size=(
+            default_min_partition_size(ctx.num_examples, ctx.num_clients) if min_size is None else min_size
         ),
-        self_balancing=args.boolean("self_balancing", False),
-        shuffle=args.boolean("shuffle", True),
+        self_balancing=args["self_balancing"],
+        shuffle=args["shuffle"],
         seed=ctx.seed,
     )
 
 
 @PARTITIONERS.register("pathological")
+@declares(
+    ArgSpec(
+        (
+            num("num_classes_per_partition", 2, integer=True, low=1),
+            choice(
+                "class_assignment_mode",
+                "first-deterministic",
+                ("random", "deterministic", "first-deterministic"),
+            ),
+            flag("shuffle", True),
+        )
+    )
+)
 def pathological(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
     """Each client holds examples of only ``num_classes_per_partition`` classes (default 2).
 
@@ -142,22 +174,36 @@ def pathological(values: Mapping[str, Any], ctx: PartitionContext) -> Partitione
         McMahan, B. et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
         AISTATS 2017, arXiv:1602.05629 (the pathological non-IID split).
     """
-    args = _args(values, "pathological", ("num_classes_per_partition", "class_assignment_mode", "shuffle"))
+    args = resolve_partitioner_args("pathological", values)
     from flwr_datasets.partitioner import PathologicalPartitioner
 
     return PathologicalPartitioner(
         num_partitions=ctx.num_clients,
         partition_by=ctx.label_column,
-        num_classes_per_partition=args.number("num_classes_per_partition", 2, integer=True, low=1),
-        class_assignment_mode=args.choice(  # type: ignore[arg-type]
-            "class_assignment_mode", "first-deterministic", ("random", "deterministic", "first-deterministic")
-        ),
-        shuffle=args.boolean("shuffle", True),
+        num_classes_per_partition=args["num_classes_per_partition"],
+        class_assignment_mode=args["class_assignment_mode"],
+        shuffle=args["shuffle"],
         seed=ctx.seed,
     )
 
 
 @PARTITIONERS.register("shard")
+@declares(
+    ArgSpec(
+        (
+            num(
+                "num_shards_per_partition",
+                None,
+                integer=True,
+                low=1,
+                default_doc="2 when shard_size is not given",
+            ),
+            num("shard_size", None, integer=True, low=1, default_doc="derived from the other settings"),
+            flag("keep_incomplete_shard", False),
+            flag("shuffle", True),
+        )
+    )
+)
 def shard(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
     """Rows sorted by label, cut into equal shards, ``num_shards_per_partition`` shards per client.
 
@@ -168,34 +214,32 @@ def shard(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
         McMahan, B. et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
         AISTATS 2017, arXiv:1602.05629 (200 shards of 300 examples, 2 per client).
     """
-    args = _args(
-        values, "shard", ("num_shards_per_partition", "shard_size", "keep_incomplete_shard", "shuffle")
-    )
-    shard_size = args.number("shard_size", None, integer=True, low=1)
-    per_client_default = 2 if shard_size is None else None
+    args = resolve_partitioner_args("shard", values)
+    shard_size, per_client = args["shard_size"], args["num_shards_per_partition"]
+    if per_client is None and shard_size is None:
+        per_client = 2
     from flwr_datasets.partitioner import ShardPartitioner
 
     return ShardPartitioner(
         num_partitions=ctx.num_clients,
         partition_by=ctx.label_column,
-        num_shards_per_partition=args.number(
-            "num_shards_per_partition", per_client_default, integer=True, low=1
-        ),
+        num_shards_per_partition=per_client,
         shard_size=shard_size,
-        keep_incomplete_shard=args.boolean("keep_incomplete_shard", False),
-        shuffle=args.boolean("shuffle", True),
+        keep_incomplete_shard=args["keep_incomplete_shard"],
+        shuffle=args["shuffle"],
         seed=ctx.seed,
     )
 
 
 @PARTITIONERS.register("natural")
+@declares(ArgSpec())
 def natural(values: Mapping[str, Any], ctx: PartitionContext) -> Partitioner:
     """One client per natural user id of the dataset (e.g. the users of ``synthetic``); takes no arguments.
 
     References:
         Caldas, S. et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097, 2018.
     """
-    _args(values, "natural", ())
+    resolve_partitioner_args("natural", values)
     if ctx.user_column is None:
         raise ConfigError(
             "data.partitioner",
@@ -298,7 +342,7 @@ def partition_arrays(
         dataset=dataset,
     )
     if name == "iid":
-        _args(values or {}, "iid", ())
+        resolve_partitioner_args("iid", values)
         check_enough_examples(ctx)
         parts = Partitions(order, iid_offsets(len(order), num_clients))
         _check_none_empty(parts, name, values, ctx)

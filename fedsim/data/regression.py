@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, declares, num
 from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData
 from fedsim.errors import ConfigError
 
@@ -45,6 +45,7 @@ def _split_and_standardise(x: np.ndarray, y: np.ndarray, request: DataRequest) -
 
 
 @DATASETS.register("diabetes")
+@declares(ArgSpec(), task="regression")
 def diabetes(request: DataRequest) -> SplitData:
     """scikit-learn's diabetes data: 442 patients, 10 features, a disease-progression target (regression).
 
@@ -56,12 +57,17 @@ def diabetes(request: DataRequest) -> SplitData:
     """
     from sklearn.datasets import load_diabetes  # imported here: importing sklearn takes about a second
 
-    Args(request.args, field="data.args", owner="diabetes", accepted=())
     x, y = load_diabetes(return_X_y=True)
     return _split_and_standardise(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), request)
 
 
 @DATASETS.register("regression")
+@declares(
+    ArgSpec(
+        (num("n", 20640, integer=True, low=2), num("d", 8, integer=True, low=1), num("noise", 0.1, low=0))
+    ),
+    task="regression",
+)
 def regression(request: DataRequest) -> SplitData:
     """A generated regression problem: x ~ N(0, I_d), y = Σ_k a_k tanh(w_kᵀx/√d + b_k) + x_1/2 + noise·N(0, 1).
 
@@ -69,10 +75,8 @@ def regression(request: DataRequest) -> SplitData:
     data are deterministic in it. ``data.args``: ``n`` (20640, California Housing's size), ``d`` (8), ``noise``
     (0.1, before standardisation).
     """
-    args = Args(request.args, field="data.args", owner="regression", accepted=("n", "d", "noise"))
-    n = args.number("n", 20640, integer=True, low=2)
-    d = args.number("d", 8, integer=True, low=1)
-    noise = float(args.number("noise", 0.1, low=0))
+    args = request.args
+    n, d, noise = args["n"], args["d"], float(args["noise"])
     if n * d > MAX_VALUES:
         raise ConfigError("data.args", f"n·d <= {MAX_VALUES:.0e}", dict(request.args))
     rng = request.rng(GENERATE)

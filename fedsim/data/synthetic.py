@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.data._args import Args
+from fedsim.argspec import ArgSpec, custom, declares, flag, num
 from fedsim.data.base import DATASETS, GENERATE, DataRequest, SplitData
 from fedsim.errors import ConfigError
 
@@ -26,7 +26,58 @@ DEFAULT_MIN_SAMPLES = 50
 MAX_TOTAL_SAMPLES = 10**8
 
 
+def check_samples(field: str, value: Any) -> dict[str, Any]:
+    """``data.args.samples`` resolved: ``{dist: lognormal, mean, sigma, min, max}`` or ``{dist: constant, value}``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(field, "a mapping {dist: lognormal|constant, ...}", value)
+    dist = value.get("dist", "lognormal")
+    rest = {k: v for k, v in value.items() if k != "dist"}
+    if dist == "constant":
+        out = _CONSTANT_SAMPLES.resolve(rest, field=field, owner="samples {dist: constant}")
+    elif dist == "lognormal":
+        out = _LOGNORMAL_SAMPLES.resolve(rest, field=field, owner="samples {dist: lognormal}")
+    else:
+        raise ConfigError(f"{field}.dist", "one of lognormal, constant", dist)
+    return {"dist": dist, **out}
+
+
+def _max_at_least_min(field: str, args: dict[str, Any]) -> None:
+    if args["max"] is not None and args["max"] < args["min"]:
+        raise ConfigError(f"{field}.max", f"an integer >= min ({args['min']})", args["max"])
+
+
+_CONSTANT_SAMPLES = ArgSpec((num("value", integer=True, low=2),))
+_LOGNORMAL_SAMPLES = ArgSpec(
+    (
+        num("mean", 4.0),
+        num("sigma", 2.0, low=0),
+        num("min", DEFAULT_MIN_SAMPLES, integer=True, low=2),
+        num("max", None, integer=True, low=2, default_doc="null (no cap)"),
+    ),
+    cross=_max_at_least_min,
+)
+DEFAULT_SAMPLES = {"dist": "lognormal", **_LOGNORMAL_SAMPLES.defaults()}
+
+
 @DATASETS.register("synthetic")
+@declares(
+    ArgSpec(
+        (
+            num("alpha", 1.0, low=0),
+            num("beta", 1.0, low=0),
+            num("dim", 60, integer=True, low=1),
+            num("classes", 10, integer=True, low=2),
+            flag("iid", False),
+            custom(
+                "samples",
+                DEFAULT_SAMPLES,
+                check_samples,
+                "{dist: lognormal, mean, sigma, min, max} or {dist: constant, value}",
+            ),
+        )
+    ),
+    task="classification",
+)
 def synthetic(request: DataRequest) -> SplitData:
     """Synthetic(alpha, beta) with one user per client.
 
@@ -48,20 +99,11 @@ def synthetic(request: DataRequest) -> SplitData:
         and data/synthetic_iid/generate_iid.py.
         Caldas, S. et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097, 2018.
     """
-    args = Args(
-        request.args,
-        field="data.args",
-        owner="synthetic",
-        accepted=("alpha", "beta", "dim", "classes", "samples", "iid"),
-    )
-    alpha = args.number("alpha", 1.0, low=0)
-    beta = args.number("beta", 1.0, low=0)
-    dim = args.number("dim", 60, integer=True, low=1)
-    classes = args.number("classes", 10, integer=True, low=2)
-    iid = args.boolean("iid", False)
+    args = request.args
+    alpha, beta, dim, classes, iid = (args[k] for k in ("alpha", "beta", "dim", "classes", "iid"))
     users = request.num_clients
     rng = request.rng(GENERATE)
-    counts = sample_counts(args.mapping("samples"), users, rng)
+    counts = sample_counts(args["samples"], users, rng)
 
     u = rng.normal(0.0, alpha, users)
     big_b = rng.normal(0.0, beta, users)
@@ -103,19 +145,10 @@ def synthetic(request: DataRequest) -> SplitData:
 def sample_counts(spec: Mapping[str, Any] | None, users: int, rng: np.random.Generator) -> np.ndarray:
     """Examples per user from ``data.args.samples`` (default: FedProx's ``int(lognormal(4, 2)) + 50``)."""
     field = "data.args.samples"
-    spec = dict(spec or {"dist": "lognormal"})
-    dist = spec.pop("dist", "lognormal")
-    if dist == "constant":
-        sub = Args(spec, field=field, owner="samples {dist: constant}", accepted=("value",))
-        value = sub.number("value", integer=True, low=2)
-        return np.full(users, value, dtype=np.int64)
-    if dist != "lognormal":
-        raise ConfigError(f"{field}.dist", "one of lognormal, constant", dist)
-    sub = Args(spec, field=field, owner="samples {dist: lognormal}", accepted=("mean", "sigma", "min", "max"))
-    mean = sub.number("mean", 4.0)
-    sigma = sub.number("sigma", 2.0, low=0)
-    low = sub.number("min", DEFAULT_MIN_SAMPLES, integer=True, low=2)
-    high = sub.number("max", None, integer=True, low=low)
+    spec = check_samples(field, DEFAULT_SAMPLES if spec is None else spec)
+    if spec["dist"] == "constant":
+        return np.full(users, spec["value"], dtype=np.int64)
+    mean, sigma, low, high = spec["mean"], spec["sigma"], spec["min"], spec["max"]
     draws = rng.lognormal(mean, sigma, users)
     if high is not None:
         draws = np.minimum(draws, high)

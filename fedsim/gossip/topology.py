@@ -5,9 +5,12 @@ pure function of ``(kind, nodes, args, seed)``, so every process that builds it 
 that is not connected cannot reach consensus and is refused with a :class:`~fedsim.errors.ConfigError` naming
 the field, as is any bad argument or unreadable edge-list file.
 
-Kinds: ``ring``; ``regular`` (random k-regular, ``k``); ``erdos_renyi`` (``p``); ``watts_strogatz`` (small world,
-``k``, ``p``); ``full``; ``star`` (node 0 is the hub: the federated-learning comparison); ``edges`` (``path`` of a
-file with one ``u v`` or ``u,v`` pair per line, ``#`` comments, node ids ``0..nodes-1``).
+Kinds (each with its own defaults, ``SPECS``): ``ring``; ``regular`` (random k-regular, ``k``: 8, the paper's);
+``erdos_renyi`` (``p``: 2·ln(nodes)/nodes, twice the connectivity threshold); ``watts_strogatz`` (small world,
+``k``: 4, ``p``: 0.1); ``full``; ``star`` (node 0 is the hub: the federated-learning comparison); ``edges``
+(``path``, required, of a file with one ``u v`` or ``u,v`` pair per line, ``#`` comments, node ids ``0..nodes-1``).
+Arguments are checked without building the graph (``resolve_topology_args``, ``check_topology_args``);
+connectivity needs the graph and is checked when it is built.
 
 References:
     Tian, Al-Ars, Kitsak, Hofstee, "Vanishing Variance Problem in Fully Decentralized Neural-Network Systems",
@@ -26,18 +29,65 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from fedsim.argspec import REQUIRED, ArgSpec, custom, num
 from fedsim.errors import ConfigError, UnknownNameError
 
-ARGS: dict[str, tuple[str, ...]] = {
-    "ring": (),
-    "regular": ("k",),
-    "erdos_renyi": ("p",),
-    "watts_strogatz": ("k", "p"),
-    "full": (),
-    "star": (),
-    "edges": ("path",),
+
+def _path_arg(field: str, value: Any) -> str:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(field, "a file path", value)
+    return str(value)
+
+
+SPECS: dict[str, ArgSpec] = {
+    "ring": ArgSpec(),
+    "regular": ArgSpec((num("k", 8, integer=True, low=1),)),
+    "erdos_renyi": ArgSpec(
+        (num("p", None, low=0, low_open=True, high=1, default_doc="min(1, 2·ln(nodes)/nodes)"),)
+    ),
+    "watts_strogatz": ArgSpec((num("k", 4, integer=True, low=2), num("p", 0.1, low=0, high=1))),
+    "full": ArgSpec(),
+    "star": ArgSpec(),
+    "edges": ArgSpec((custom("path", REQUIRED, _path_arg, "a file path"),)),
 }
-"""Each topology kind and the arguments it takes (all required)."""
+"""Each topology kind's arguments: accepted keys, ranges and the kind's own defaults."""
+
+ARGS: dict[str, tuple[str, ...]] = {kind: spec.names for kind, spec in SPECS.items()}
+"""Each topology kind and the arguments it takes."""
+
+
+def resolve_topology_args(
+    kind: str, args: Mapping[str, Any] | None, *, field: str = "gossip.topology"
+) -> dict:
+    """The arguments of ``kind`` checked and completed with its defaults (builds nothing)."""
+    if kind not in SPECS:
+        raise UnknownNameError(f"{field}.kind", kind, list(SPECS))
+    return SPECS[kind].resolve(args, field=field, owner=f"topology {kind!r}")
+
+
+def min_nodes(kind: str) -> int:
+    """The fewest nodes a graph of ``kind`` can have."""
+    return 3 if kind in ("ring", "watts_strogatz") else 2
+
+
+def check_topology_args(
+    kind: str, nodes: int, args: Mapping[str, Any], *, field: str = "gossip.topology"
+) -> dict:
+    """``args`` resolved and checked against ``nodes`` (degree below the node count, even degree sum), without
+    building the graph; a derived ``p`` is filled in. Returns the arguments the builder uses."""
+    args = resolve_topology_args(kind, args, field=field)
+    low = min_nodes(kind)
+    _int_arg(f"{field}.nodes", nodes, low, 10**7, f"an integer >= {low} (and at most 10^7)")
+    if kind == "regular":
+        k = _int_arg(f"{field}.k", args["k"], 1, nodes - 1, f"an integer in [1, {nodes - 1}]")
+        if (k * nodes) % 2:
+            raise ConfigError(f"{field}.k", f"even when the number of nodes is odd ({nodes})", k)
+    elif kind == "watts_strogatz":
+        _int_arg(f"{field}.k", args["k"], 2, nodes - 1, f"an integer in [2, {nodes - 1}]")
+    elif kind == "erdos_renyi" and args["p"] is None:
+        args = {**args, "p": min(1.0, 2.0 * math.log(nodes) / nodes)}
+    return args
+
 
 _SPLIT = re.compile(r"[,\s]+")
 
@@ -46,13 +96,6 @@ def _int_arg(field: str, value: Any, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(field, what, value)
     return value
-
-
-def _prob_arg(field: str, value: Any, *, zero_ok: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (0.0 <= value <= 1.0) or (value == 0.0 and not zero_ok):
-        raise ConfigError(field, "a probability in [0, 1]" if zero_ok else "a probability in (0, 1]", value)
-    return float(value)
 
 
 def read_edge_list(
@@ -99,39 +142,21 @@ def build_topology(
         ConfigError: an unknown kind or argument, an argument out of range, an unreadable edge list, or a graph
             that is not connected (names ``<field>.<arg>`` or ``<field>``).
     """
-    if kind not in ARGS:
-        raise UnknownNameError(f"{field}.kind", kind, list(ARGS))
-    args = dict(args or {})
-    for key in args:
-        if key not in ARGS[kind]:
-            accepted = ", ".join(ARGS[kind]) or "no arguments"
-            raise ConfigError(f"{field}.{key}", f"an argument of topology {kind!r} ({accepted})", key)
-    for key in ARGS[kind]:
-        if key not in args:
-            raise ConfigError(f"{field}.{key}", f"given for topology {kind!r}")
-    min_nodes = 3 if kind in ("ring", "watts_strogatz") else 2
-    nodes = _int_arg(f"{field}.nodes", nodes, min_nodes, 10**7, f"an integer >= {min_nodes}")
+    args = check_topology_args(kind, nodes, args, field=field)
     if kind == "ring":
         graph = nx.cycle_graph(nodes)
     elif kind == "regular":
-        k = _int_arg(f"{field}.k", args["k"], 1, nodes - 1, f"an integer in [1, {nodes - 1}]")
-        if (k * nodes) % 2:
-            raise ConfigError(f"{field}.k", f"even when the number of nodes is odd ({nodes})", k)
-        graph = nx.random_regular_graph(k, nodes, seed=seed)
+        graph = nx.random_regular_graph(args["k"], nodes, seed=seed)
     elif kind == "erdos_renyi":
-        graph = nx.gnp_random_graph(nodes, _prob_arg(f"{field}.p", args["p"], zero_ok=False), seed=seed)
+        graph = nx.gnp_random_graph(nodes, args["p"], seed=seed)
     elif kind == "watts_strogatz":
-        k = _int_arg(f"{field}.k", args["k"], 2, nodes - 1, f"an integer in [2, {nodes - 1}]")
-        p = _prob_arg(f"{field}.p", args["p"], zero_ok=True)
-        graph = nx.watts_strogatz_graph(nodes, k, p, seed=seed)
+        graph = nx.watts_strogatz_graph(nodes, args["k"], args["p"], seed=seed)
     elif kind == "full":
         graph = nx.complete_graph(nodes)
     elif kind == "star":
         graph = nx.star_graph(nodes - 1)  # hub 0, leaves 1..nodes-1
     else:
         path = args["path"]
-        if not isinstance(path, (str, Path)):
-            raise ConfigError(f"{field}.path", "a file path", path)
         graph = nx.Graph()
         graph.add_nodes_from(range(nodes))
         graph.add_edges_from(read_edge_list(path, nodes=nodes, field=f"{field}.path"))

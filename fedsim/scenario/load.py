@@ -7,6 +7,7 @@ on one line, so a user fixes them in one go.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.scenario.checks import check_before_run, check_scenario
+from fedsim.scenario.choices import resolve_choices
 from fedsim.scenario.schema import Scenario
+from fedsim.scenario.yaml12 import load_yaml
 
 
 class ScenarioError(FedsimError):
@@ -87,26 +91,55 @@ def _dedupe_union_errors(errors: list[Mapping[str, Any]]) -> list[Mapping[str, A
     return list(seen.values())
 
 
+INFINITY_ALLOWED = ("strategy.args",)
+"""Subtrees whose owner gives ``.inf`` a meaning and checks it (DIFF2's ``clip1: .inf``: no clipping)."""
+
+
+def _non_finite(data: Any, path: str = "") -> list[str]:
+    """Every ``.nan``/``.inf`` in the raw file as '<field> must be a finite number. Got nan.' (no other scenario
+    setting takes a non-finite number, and an optimizer's ``lr: .nan`` would otherwise reach training)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        if math.isinf(data) and path.startswith(tuple(p + "." for p in INFINITY_ALLOWED)):
+            return []
+        return [f"{path or '(top level)'} must be a finite number. Got {data!r}."]
+    if isinstance(data, Mapping):
+        return [m for k, v in data.items() for m in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [m for i, v in enumerate(data) for m in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
 def parse_scenario(data: Any, *, source: str = "<scenario>") -> Scenario:
-    """Validate an already-parsed mapping; raise :class:`ScenarioError` with one line naming ``source``."""
+    """Validate an already-parsed mapping and resolve its nested choices' arguments with their own defaults.
+
+    Raises:
+        ScenarioError: one line naming ``source`` and every problem found.
+    """
     if not isinstance(data, Mapping):
         raise ScenarioError(
             f"{source}: the file must hold a mapping of keys (name:, rounds:, ...). Got {data!r}."
         )
+    problems = _non_finite(data)
+    if problems:
+        raise ScenarioError(f"{source}: " + " ".join(problems))
     try:
-        return Scenario.model_validate(dict(data))
+        scenario = Scenario.model_validate(dict(data))
     except ValidationError as exc:
         problems = [_describe(e) for e in _dedupe_union_errors(exc.errors())]
         raise ScenarioError(f"{source}: " + " ".join(problems)) from None
+    scenario, problems = resolve_choices(scenario)
+    if problems:
+        raise ScenarioError(f"{source}: " + " ".join(problems))
+    return scenario
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; errors name the file and the line."""
+    """Parse a YAML file (YAML 1.2 numbers, duplicate keys refused); errors name the file and the line."""
     p = Path(path)
     if not p.is_file():
         raise ScenarioError(f"{p}: no such scenario file.")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -117,134 +150,27 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_scenario(path: str | Path, *, check_names: bool = True) -> Scenario:
-    """Read, validate and (by default) resolve every registered name in a scenario file.
+    """Read and validate a scenario file, building nothing (no data, model, network or cache write).
 
     Args:
         path: the YAML file.
-        check_names: also resolve strategy, optimizer, model, dataset and partitioner names through their
-            registries, so unknown names fail here with the list of known ones rather than mid-run.
+        check_names: also run :func:`~fedsim.scenario.checks.check_scenario`: registered names and their
+            arguments, cross-field rules and this machine's limits, so mistakes fail here with the list of
+            known names rather than mid-run.
     """
     scenario = parse_scenario(read_yaml(path), source=str(path))
     if check_names:
         try:
-            check_registered_names(scenario)
+            check_scenario(scenario)
         except ConfigError as exc:
             raise ScenarioError(str(exc.with_source(str(path)))) from None
     return scenario
 
 
 def check_registered_names(scenario: Scenario) -> None:
-    """Resolve every name the scenario uses and build what is cheap to build (server optimizer, offline data
-    and partitions), so typos and bad values fail before any worker starts."""
-    # Imported here: the registries pull in torch and the data stack, which plain schema checks do not need.
-    from clients.optimizers import check_optimizer_spec
-    from fedsim.data import dataset_names, partitioner_names
-    from fedsim.engine.cohort import select_cohort_trainer
-    from fedsim.errors import UnknownNameError
-    from fedsim.models import MODELS
-    from strategies import build_strategy
-    from strategies.asynchronous import RULE_NAMES
-    from strategies.server_optimizers import build_server_optimizer
+    """Everything a run checks before it starts: :func:`~fedsim.scenario.checks.check_scenario` (pure), then the
+    checks that need the built data, model and gossip network (:func:`~fedsim.scenario.checks.check_before_run`).
 
-    build_strategy(scenario.strategy, scenario.population.clients)  # its arguments, checked by the factory
-    if scenario.strategy.name == "gossip" and scenario.privacy is not None:
-        raise ConfigError(
-            "privacy",
-            "null with strategy 'gossip' (this version has no DP accounting for decentralised gossip: every "
-            "node's model is sent to its neighbours, not noised once on a server)",
-            scenario.privacy.level,
-        )
-    _check_full_batch_strategy(scenario)
-    availability = scenario.population.devices.availability
-    if not isinstance(availability, int | float):  # a trace file: read it now, not when the run has started
-        from fedsim.engine.profiles import load_trace
-
-        load_trace(availability.trace, scenario.population.clients)
-    if scenario.strategy.name in RULE_NAMES and scenario.privacy is not None:
-        raise ConfigError(
-            "privacy",
-            f"null with strategy {scenario.strategy.name!r}: this version runs DP with the synchronous "
-            "FedAvg family only (an event-driven step is not a Poisson sample of clients, so the accountants' "
-            "amplification does not hold, and which clients share a FedBuff or deadline step depends on "
-            "the others' presence)",
-            scenario.privacy.level,
-        )
-    build_server_optimizer(
-        {"name": scenario.strategy.server_optimizer.name, **scenario.strategy.server_optimizer.kwargs()}
-    )
-    check_optimizer_spec(scenario.client.optimizer.name, scenario.client.optimizer.kwargs())
-    MODELS.get(scenario.model.name)
-    if scenario.client.optimizer_state != "fresh":
-        raise ConfigError(
-            "client.optimizer_state",
-            "'fresh' in this version (per-client persistent optimizer state is not implemented yet)",
-            scenario.client.optimizer_state,
-        )
-    ds = scenario.data.dataset
-    if not (ds.startswith("hf:") or ds.startswith("parquet:") or ds in dataset_names()):
-        raise UnknownNameError("data.dataset", ds, [*dataset_names(), "hf:<name>", "parquet:<path>"])
-    if scenario.data.partitioner not in partitioner_names():
-        raise UnknownNameError("data.partitioner", scenario.data.partitioner, partitioner_names())
-    if not ds.startswith("hf:"):  # offline data is cheap to build: its arguments are checked for real
-        from fedsim.engine.messages import train_config
-        from fedsim.engine.protocol import NOISE_MULTIPLIER_KEY
-        from fedsim.engine.setup import build_data, build_initial_model
-
-        data = build_data(scenario)
-        _check_task(scenario, data.task)
-        if scenario.strategy.name == "gossip":
-            # the topology (connected?) and the protocol, before any worker starts
-            from fedsim.gossip.network import build_network
-
-            model = build_initial_model(scenario, data)
-            if any(True for _ in model.buffers()):
-                raise ConfigError(
-                    "model", "a model without buffers (no BatchNorm) for gossip", scenario.model.name
-                )
-            build_network(scenario, data, model)
-        # σ does not decide which trainer runs; the server sends the resolved one every round
-        cfg = train_config(scenario, {NOISE_MULTIPLIER_KEY: 1.0})
-        select_cohort_trainer(scenario.engine.vectorize, build_initial_model(scenario, data), cfg)
-
-
-def _check_full_batch_strategy(scenario: Scenario) -> None:
-    """DIFF2-GD / DP-GD (``strategies.diff2``) use every client in every round: no cohort, no failures."""
-    from strategies.diff2 import DIFF2_NAMES
-
-    name = scenario.strategy.name
-    if name not in DIFF2_NAMES:
-        return
-    devices, clients = scenario.population.devices, scenario.population.clients
-    if scenario.strategy.clients_per_round != clients:
-        raise ConfigError(
-            "strategy.clients_per_round",
-            f"equal to population.clients ({clients}) for {name} (every client takes part in every round)",
-            scenario.strategy.clients_per_round,
-        )
-    if devices.failure != 0 or devices.availability != 1.0:
-        field = "failure" if devices.failure != 0 else "availability"
-        raise ConfigError(
-            f"population.devices.{field}",
-            f"{'0' if field == 'failure' else '1.0'} for {name} (its recursion needs every client every round)",
-            getattr(devices, field),
-        )
-
-
-def _check_task(scenario: Scenario, task: str | None) -> None:
-    """Regression data go with the full-batch squared-loss strategies only, and those need regression data."""
-    from strategies.diff2 import DIFF2_NAMES
-
-    name = scenario.strategy.name
-    if name in DIFF2_NAMES and task != "regression":
-        raise ConfigError(
-            "data.dataset",
-            f"a regression dataset (diabetes, regression) for {name} (it fits the squared loss)",
-            scenario.data.dataset,
-        )
-    if name not in DIFF2_NAMES and task == "regression":
-        raise ConfigError(
-            "strategy.name",
-            f"one of {', '.join(DIFF2_NAMES)} for the regression dataset {scenario.data.dataset!r} (the other "
-            "strategies train classifiers with the cross-entropy loss)",
-            name,
-        )
+    ``fedsim validate`` does not call this: it builds. ``fedsim run`` does, before any results folder exists.
+    """
+    check_before_run(scenario)

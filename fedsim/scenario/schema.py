@@ -3,18 +3,68 @@
 A scenario says everything a run needs (every key is listed in ``docs/scenarios.md``). Every model
 forbids unknown keys and is immutable, so a resolved scenario can be written back out and rerun unchanged.
 Cross-field rules (e.g. ``clients_per_round <= population.clients``) live on :class:`Scenario`.
+
+Numbers are numbers: a ``bool`` is never read as ``0``/``1`` (``rounds: true`` is refused) and a string is never
+parsed into a number (``lr: "1e-3"`` is refused; unquoted ``1e-3`` is a float, see ``fedsim.scenario.yaml12``);
+an integer is accepted where a float is expected. The arguments of nested choices (``data.args``,
+``data.partitioner_args``, ``model.args``, ``gossip.topology.args``) default to ``{}``, which means "the
+choice's own defaults"; ``fedsim.scenario.choices`` fills them in from the registries.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _leaves(ann: Any) -> set[Any]:
+    """The leaf types an annotation admits (``int | None`` -> {int, NoneType}; Literal values give their types)."""
+    origin = get_origin(ann)
+    if origin is Union or origin is types.UnionType:
+        return set().union(*(_leaves(a) for a in get_args(ann)))
+    if origin is Literal:
+        return {type(a) for a in get_args(ann)}
+    if origin is typing.Annotated:
+        return _leaves(get_args(ann)[0])
+    if origin is not None:
+        return {origin}
+    return {ann}
+
+
+def _lax_number(value: Any, ann: Any) -> str | None:
+    """The pydantic error type when ``value`` would only pass ``ann`` by lax coercion to a number, else None."""
+    leaves = _leaves(ann)
+    numeric = leaves & {int, float}
+    if numeric and not leaves & {bool, Any, object}:
+        wrong = isinstance(value, bool) or (isinstance(value, str) and str not in leaves)
+        if wrong:
+            return "float_type" if float in numeric else "int_type"
+    if get_origin(ann) in (tuple, list) and isinstance(value, (list, tuple)):
+        inner = [a for a in get_args(ann) if a is not Ellipsis] or [Any]
+        for i, v in enumerate(value):
+            kind = _lax_number(v, inner[min(i, len(inner) - 1)])
+            if kind:
+                return kind
+    return None
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse what pydantic's lax mode would coerce into a number: ``true`` (-> 1) and strings (``"5"``)."""
+        field = cls.model_fields.get(info.field_name or "")
+        kind = None if field is None else _lax_number(value, field.annotation)
+        if kind:
+            raise PydanticCustomError(kind, "lax number refused")
+        return value
 
 
 class Distribution(_Frozen):
@@ -44,12 +94,28 @@ class Distribution(_Frozen):
             raise ValueError("a uniform distribution needs low <= high")
         return self
 
+    def positive_problem(self) -> str | None:
+        """Why some draws of this distribution would be <= 0 (speeds and bandwidths must be > 0), or None.
+
+        ``normal`` has unbounded support: it is accepted when ``mean >= 4 sigma``, so fewer than 1 client in
+        30 000 draws a value <= 0 (P(Z <= -4) = 3.2e-5); such a draw is floored at 1e-9 by the engine.
+        """
+        if self.dist == "constant" and not self.value > 0:  # type: ignore[operator]
+            return "value > 0"
+        if self.dist == "uniform" and not self.low > 0:  # type: ignore[operator]
+            return "low > 0"
+        if self.dist == "lognormal" and not self.mean > 0:  # type: ignore[operator]
+            return "mean > 0 (the arithmetic mean of the draws)"
+        if self.dist == "normal" and not (self.mean > 0 and 4 * self.sigma <= self.mean):  # type: ignore[operator]
+            return "mean > 0 and sigma <= mean / 4 (so fewer than 1 client in 30 000 draws a value <= 0)"
+        return None
+
 
 class DataConfig(_Frozen):
     dataset: str = "digits"
     args: dict[str, Any] = Field(default_factory=dict)
     partitioner: str = "dirichlet"
-    partitioner_args: dict[str, Any] = Field(default_factory=lambda: {"alpha": 0.5})
+    partitioner_args: dict[str, Any] = Field(default_factory=dict)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
 
@@ -78,11 +144,25 @@ class DevicesConfig(_Frozen):
     @field_validator("availability", mode="before")
     @classmethod
     def _availability_is_a_probability(cls, v: Any) -> Any:
-        ok_number = isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+        ok_number = isinstance(v, int | float) and not isinstance(v, bool) and 0.0 < v <= 1.0
         ok_trace = isinstance(v, dict) and set(v) == {"trace"} and isinstance(v["trace"], str)
         if not (ok_number or ok_trace or isinstance(v, AvailabilityTrace)):
-            raise ValueError(f"must be a probability in [0, 1] or {{trace: <csv path>}}. Got {v!r}")
+            raise ValueError(
+                "must be a probability in (0, 1] (at 0 no client is ever online, so no round would train "
+                f"anyone) or {{trace: <csv path>}}. Got {v!r}"
+            )
         return v
+
+    @field_validator("speed", "bandwidth")
+    @classmethod
+    def _positive_draws(cls, d: Distribution) -> Distribution:
+        problem = d.positive_problem()
+        if problem:
+            raise ValueError(
+                f"must be a distribution of positive values: {d.dist} needs {problem}. "
+                f"Got {d.model_dump(exclude_none=True)}"
+            )
+        return d
 
     @field_validator("profile")
     @classmethod
@@ -213,11 +293,11 @@ class PrivacyConfig(_Frozen):
 
 
 class TopologyConfig(_Frozen):
-    """The gossip graph (``fedsim.gossip.topology``): ``kind`` and its arguments, e.g. ``{kind: regular, args: {k: 8}}``;
-    ``seed`` (default: the scenario's) draws random graphs."""
+    """The gossip graph (``fedsim.gossip.topology``): ``kind`` and its arguments, e.g. ``{kind: regular, args: {k: 8}}``
+    (absent arguments take the kind's own defaults); ``seed`` (default: the scenario's) draws random graphs."""
 
     kind: str = "regular"
-    args: dict[str, Any] = Field(default_factory=lambda: {"k": 8})
+    args: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = Field(default=None, ge=0)
 
 

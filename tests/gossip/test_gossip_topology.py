@@ -63,7 +63,7 @@ def test_neighbour_lists_are_sorted_arrays_of_the_graph():
         ("regular", {"k": 3}, 11, "gossip.topology.k"),  # n·k odd
         ("regular", {"k": 11}, 11, "gossip.topology.k"),  # k >= n
         ("regular", {"k": 2.0}, 10, "gossip.topology.k"),
-        ("regular", {}, 10, "gossip.topology.k"),  # missing
+        ("edges", {}, 10, "gossip.topology.path"),  # missing (regular without k takes its default, 8)
         ("erdos_renyi", {"p": 0.0}, 10, "gossip.topology.p"),
         ("erdos_renyi", {"p": 1.5}, 10, "gossip.topology.p"),
         ("erdos_renyi", {"p": 0.01}, 40, "gossip.topology"),  # disconnected

@@ -27,10 +27,10 @@ def test_every_shipped_scenario_is_valid():
 
 def test_quickstart_has_the_issue_settings():
     sc = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
-    assert (sc.data.dataset, sc.data.partitioner, sc.data.partitioner_args) == (
+    assert (sc.data.dataset, sc.data.partitioner, sc.data.partitioner_args["alpha"]) == (
         "digits",
         "dirichlet",
-        {"alpha": 0.5},
+        0.5,
     )
     assert (sc.population.clients, sc.strategy.clients_per_round, sc.strategy.name) == (100, 10, "fedavg")
 
