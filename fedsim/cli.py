@@ -131,9 +131,7 @@ def privacy(
     from fedsim.privacy.report import NOT_PRIVATE, privacy_record, write_privacy_report
     from fedsim.scenario import load_scenario
 
-    sc = load_scenario(scenario, check_names=False)
-    if sc.privacy is None or sc.privacy.level != "client":  # client level needs no data: resolving names builds it
-        sc = load_scenario(scenario)
+    sc = load_scenario(scenario)  # validation builds nothing: client level needs no data at all
     if sc.privacy is None:
         raise ConfigError(
             "privacy", "set in the scenario to get a privacy report (it is null)", None, source=str(scenario)
