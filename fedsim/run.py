@@ -44,8 +44,8 @@ class RunOutcome:
 class _ProgressDisplay:
     """A live bar on a terminal; on a pipe (CI, logs) a plain line every ~10% of the rounds."""
 
-    def __init__(self, console: Console, rounds: int) -> None:
-        self.console, self.rounds = console, rounds
+    def __init__(self, console: Console, rounds: int, *, backend: str = "") -> None:
+        self.console, self.rounds, self.backend = console, rounds, backend
         self.every = max(1, rounds // 10)
         self.progress: Progress | None = None
         if console.is_terminal:
@@ -61,10 +61,13 @@ class _ProgressDisplay:
             self.task = self.progress.add_task("starting workers", total=rounds, status="")
 
     def __enter__(self) -> _ProgressDisplay:
+        first = f"starting {self.backend} for {self.rounds} rounds ..." if self.backend else None
         if self.progress:
+            if first:
+                self.console.print(first, highlight=False)
             self.progress.start()
         else:
-            self.console.print(f"starting workers for {self.rounds} rounds ...")
+            self.console.print(first or f"starting workers for {self.rounds} rounds ...", highlight=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -100,10 +103,13 @@ def run_scenario(
     The metrics of finished rounds stay on disk whatever happens; on failure the report is still written for
     the rounds that completed, and the exception propagates.
     """
-    from fedsim.engine.simulation import simulate
+    from fedsim.engine.simulation import backend_workers, choose_backend, simulate
 
     check_registered_names(scenario)
     check_machine(scenario)
+    backend = choose_backend(
+        scenario
+    )  # a backend setting that cannot work fails here, before anything starts
     privacy = None
     if scenario.privacy is not None:  # bad privacy settings fail here, before anything starts
         from fedsim.privacy.plan import plan_and_spend
@@ -114,8 +120,10 @@ def run_scenario(
     run_dir = RunDir(path, scenario)
     console = Console(file=sys.stderr, quiet=not show_progress)
     try:
-        with _ProgressDisplay(console, scenario.planned_rounds) as display:
-            summary = simulate(scenario, run_dir, on_round=display, privacy=privacy)
+        workers = backend_workers(scenario, backend)
+        started = f"{workers} {backend.name} worker{'s' if workers > 1 else ''} ({backend.reason})"
+        with _ProgressDisplay(console, scenario.planned_rounds, backend=started) as display:
+            summary = simulate(scenario, run_dir, on_round=display, privacy=privacy, backend=backend)
     except BaseException:
         run_dir.close()
         if run_dir.rows:
