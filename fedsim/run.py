@@ -64,10 +64,12 @@ class _ProgressDisplay:
         first = f"starting {self.backend} for {self.rounds} rounds ..." if self.backend else None
         if self.progress:
             if first:
-                self.console.print(first, highlight=False)
+                self.console.print(first, highlight=False, soft_wrap=True)
             self.progress.start()
         else:
-            self.console.print(first or f"starting workers for {self.rounds} rounds ...", highlight=False)
+            self.console.print(
+                first or f"starting workers for {self.rounds} rounds ...", highlight=False, soft_wrap=True
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
