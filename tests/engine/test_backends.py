@@ -202,6 +202,27 @@ def test_identity_and_threads_are_restored_after_the_run():
     assert torch.get_num_threads() == threads
 
 
+class ReversedArrivals(LocalGrid):
+    """Replies come back in the reverse of the order they were asked for (a later worker finishing first)."""
+
+    def pull_messages(self, message_ids):
+        return list(reversed(super().pull_messages(message_ids)))
+
+
+def test_a_round_does_not_depend_on_which_worker_answers_first():
+    """On Ray the faster worker's reply comes first; the engine reduces replies in node order, so the rows and
+    the model are the same whichever order they arrived in."""
+    sc = scenario(population={"clients": 30}, strategy={"name": "fedavg", "clients_per_round": 21})
+    runs = []
+    for grid in (LocalGrid([1, 2, 3]), ReversedArrivals([1, 2, 3])):
+        rec = KeepParams()
+        Engine(sc, rec, expected_workers=3).run(grid)
+        runs.append(rec)
+    assert [comparable(r) for r in runs[0].rows] == [comparable(r) for r in runs[1].rows]
+    for k, v in runs[0].params.items():
+        assert torch.equal(v, runs[1].params[k]), k
+
+
 # --- every family on the in-process backend ------------------------------------------------------------------
 
 WALL_CLOCK = ("wall_time_s", "round_wall_s", "time_superstep_s")
