@@ -302,12 +302,17 @@ def deploy(
     typer.echo(outcome.summary_line())
 
 
+INTERRUPTED = "fedsim: interrupted; finished rounds are kept in the results folder."
+
+
 def main() -> None:
     """Console-script entry point: maps user errors to one line and exit code 2."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     debug = os.environ.get("FEDSIM_DEBUG") == "1"
     try:
         code = app(standalone_mode=False)  # click returns (not raises) Exit codes in this mode
+        if code == 130:  # typer turns Ctrl-C inside a command into a silent exit code 130
+            typer.echo(INTERRUPTED, err=True)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -317,7 +322,7 @@ def main() -> None:
         typer.echo(f"fedsim: error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("fedsim: interrupted; finished rounds are kept in the results folder.", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors are handled by click itself below
         import click

@@ -40,8 +40,8 @@ class ProgressDisplay:
     """A live bar on a terminal; on a pipe (CI, logs) a plain line every ~10% of the run. Counts rounds, or
     for gossip ticks (``fedsim.tally.position``)."""
 
-    def __init__(self, console: Console, scenario: Scenario) -> None:
-        self.console, self.scenario = console, scenario
+    def __init__(self, console: Console, scenario: Scenario, *, backend: str = "") -> None:
+        self.console, self.scenario, self.backend = console, scenario, backend
         self.unit, _, self.total = position(scenario, {})
         self.every = max(1, scenario.planned_rounds // 10)  # in rows: rounds, or gossip's evaluations
         self.progress: Progress | None = None
@@ -58,10 +58,11 @@ class ProgressDisplay:
             self.task = self.progress.add_task("starting workers", total=self.total, status="")
 
     def __enter__(self) -> ProgressDisplay:
+        workers = self.backend or "workers"
+        first = f"starting {workers} for {self.total} {self.unit}s ..."
+        self.console.print(first, highlight=False, soft_wrap=True)
         if self.progress:
             self.progress.start()
-        else:
-            self.console.print(f"starting workers for {self.total} {self.unit}s ...")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -93,10 +94,13 @@ def run_scenario(
     The metrics of finished rounds stay on disk whatever happens; on failure the report is still written for
     the rounds that completed, and the exception propagates.
     """
-    from fedsim.engine.simulation import simulate
+    from fedsim.engine.simulation import backend_workers, choose_backend, simulate
 
     check_registered_names(scenario)
     check_machine(scenario)
+    backend = choose_backend(
+        scenario
+    )  # a backend setting that cannot work fails here, before anything starts
     privacy = None
     if scenario.privacy is not None:  # bad privacy settings fail here, before anything starts
         from fedsim.privacy.plan import plan_and_spend
@@ -107,8 +111,10 @@ def run_scenario(
     run_dir = RunDir(path, scenario)
     console = Console(file=sys.stderr, quiet=not show_progress)
     try:
-        with ProgressDisplay(console, scenario) as display:
-            summary = simulate(scenario, run_dir, on_round=display, privacy=privacy)
+        workers = backend_workers(scenario, backend)
+        started = f"{workers} {backend.name} worker{'s' if workers > 1 else ''} ({backend.reason})"
+        with ProgressDisplay(console, scenario, backend=started) as display:
+            summary = simulate(scenario, run_dir, on_round=display, privacy=privacy, backend=backend)
     except BaseException:
         run_dir.close()
         if run_dir.rows:

@@ -45,14 +45,16 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from fedsim.errors import ConfigError
 from fedsim.gradcore.clipping import clip_rows
 from fedsim.gradcore.dp import add_gaussian_noise
-from fedsim.privacy.accounting import Mechanism, epsilon_of_sequence
+
+if TYPE_CHECKING:  # the accountants cost seconds to import: only DP-GD's accounting needs them
+    from fedsim.privacy.accounting import Mechanism
 
 PerExampleGrads = Callable[[torch.Tensor], torch.Tensor]
 """One client's per-example gradients: ``x`` shaped ``[d]`` -> ``[n_p, d]`` (``n_p >= 1``, same dtype as ``x``)."""
@@ -350,12 +352,16 @@ def composed_mechanisms(cfg: Diff2Config, rounds: int) -> list[Mechanism]:
             key = "noise_multiplier1" if info.kind == RESTART else "noise_multiplier2"
             raise ConfigError(f"strategy.args.{key}", "> 0 for a finite epsilon", info.noise_multiplier)
         counts[info.noise_multiplier] = counts.get(info.noise_multiplier, 0) + 1
+    from fedsim.privacy.accounting import Mechanism
+
     return [Mechanism(noise_multiplier=s, sample_rate=1.0, steps=k) for s, k in counts.items()]
 
 
 def epsilon_rdp(cfg: Diff2Config, rounds: int, delta: float) -> float:
     """ε(δ) of ``rounds`` rounds by RDP: ``composed_mechanisms`` through
     ``fedsim.privacy.accounting.epsilon_of_sequence("rdp", ...)`` (opacus' RDP accountant, RDP added)."""
+    from fedsim.privacy.accounting import epsilon_of_sequence
+
     return epsilon_of_sequence("rdp", composed_mechanisms(cfg, rounds), delta)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from fedsim.argspec import ArgSpec, custom, declares, flag, num
 from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData, stratified_split
@@ -50,6 +49,8 @@ def _interpolate(x: np.ndarray, n: int) -> np.ndarray:
 
 def _transform(x: np.ndarray, rng: np.random.Generator, p: dict) -> np.ndarray:
     """One example from one template: pad, dilate, scale, translate, noise, shear, subsample."""
+    from scipy.ndimage import gaussian_filter1d  # here, not at the top: scipy costs every run start-up time
+
     low, high = p["padding"]
     pad = low + int(rng.random() * (high - low + 1))
     x = np.concatenate([x + _EPS, np.zeros(pad)])

@@ -554,6 +554,7 @@ class Engine:
         sent = time.monotonic()
         node_of = dict(zip(grid.push_messages(messages), (int(m.metadata.dst_node_id) for m in messages), strict=True))
         out, answered, unavailable, quorum_met = RoundReplies(results=[]), set(), set(), False
+        got: list[tuple[int, WorkerResult]] = []
         timeout = self.scenario.engine.round_timeout_s
         for reply in iter_replies(grid, node_of, timeout_s=timeout, max_poll_s=self.max_poll_s):
             node = node_of[reply.metadata.reply_to_message_id]  # Flower's own error replies come from node 0
@@ -563,11 +564,13 @@ class Engine:
                 raise EngineError(f"worker {node} failed in round {rnd}: {reply.error.reason}")
             else:
                 answered.add(node)
-                out.results.append(decode_train_reply(reply.content))
-            if quorum is not None and sum(len(r.client_ids) for r in out.results) >= quorum:
+                got.append((node, decode_train_reply(reply.content)))
+            if quorum is not None and sum(len(r.client_ids) for _, r in got) >= quorum:
                 quorum_met = True
                 break
         out.round_trip_s = time.monotonic() - sent
+        # in node order, not arrival order: sums over the replies do not depend on which worker was faster
+        out.results = [r for _, r in sorted(got, key=lambda pair: pair[0])]
         for node, cids in by_node.items():
             if node in unavailable:
                 out.lost_unavailable += cids

@@ -1,8 +1,10 @@
-"""Run the engine in Flower's Simulation Runtime (Ray): a few workers, one ServerApp thread.
+"""Run the engine on one of two backends: Flower's Simulation Runtime (Ray), or in this process.
 
-Flower starts one SuperNode per worker (``num_supernodes = workers``) backed by a pool of Ray actors; the
-ServerApp built here runs the :class:`~fedsim.engine.server.Engine` loop in this process, so results go
-straight to the run's recorder.
+``ray``: Flower starts one SuperNode per worker (``num_supernodes = workers``) backed by a pool of Ray actors;
+the ServerApp built here runs the :class:`~fedsim.engine.server.Engine` loop in this process, so results go
+straight to the run's recorder. ``inprocess`` (``fedsim.engine.inprocess``): the same Engine, ClientApp and
+messages over an in-process Grid, without Ray's start-up of several seconds. ``auto`` picks one by
+:func:`choose_backend`, a pure function of the scenario.
 """
 
 from __future__ import annotations
@@ -11,10 +13,82 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fedsim.engine.server import Engine, Recorder, RunSummary
+from fedsim.errors import ConfigError
 from fedsim.scenario import Scenario
+from strategies.diff2 import DIFF2_NAMES
+
+AUTO_INPROCESS_MAX_CLIENT_EPOCHS = 256
+"""``backend: auto`` runs in process when a round trains at most this many client-epochs (clients per round ×
+``client.epochs``): such a round takes well under a second on one core, so Ray's start-up (~10 s) and per-message
+costs would outweigh what several worker processes could gain."""
+
+FULL_PARTICIPATION = ("gossip", *DIFF2_NAMES)
+"""Strategies in which every client of the population works at every round (or gossip tick)."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a run uses and why (the progress output's first line says both)."""
+
+    name: Literal["ray", "inprocess"]
+    reason: str
+
+
+def round_client_epochs(scenario: Scenario) -> int:
+    """Client-epochs one round trains: ``clients_per_round × client.epochs``; the whole population for gossip
+    and DIFF2 / DP-GD, where every client works every round."""
+    full = scenario.strategy.name in FULL_PARTICIPATION
+    clients = scenario.population.clients if full else scenario.strategy.clients_per_round
+    return clients * scenario.client.epochs
+
+
+def choose_backend(scenario: Scenario) -> BackendChoice:
+    """``engine.backend``, with ``auto`` resolved: ``ray`` when the scenario needs Ray (``engine.ray_address``,
+    ``engine.gpus_per_worker > 0``) or asks for several worker processes (``engine.workers`` an integer > 1), or
+    when a round trains more than :data:`AUTO_INPROCESS_MAX_CLIENT_EPOCHS` client-epochs; ``inprocess``
+    otherwise. A pure function of the scenario (the machine does not enter).
+
+    Raises:
+        ConfigError: ``inprocess`` was asked for with a setting only Ray workers can honour.
+    """
+    eng = scenario.engine
+    ray_only = {"engine.ray_address": eng.ray_address, "engine.gpus_per_worker": eng.gpus_per_worker or None}
+    given = [(key, value) for key, value in ray_only.items() if value is not None]
+    if eng.backend == "inprocess":
+        if given:
+            raise ConfigError(
+                given[0][0], "unset with engine.backend 'inprocess' (only Ray workers use it)", given[0][1]
+            )
+        return BackendChoice("inprocess", "engine.backend: inprocess")
+    if eng.backend == "ray":
+        return BackendChoice("ray", "engine.backend: ray")
+    if given:
+        return BackendChoice("ray", f"auto: {given[0][0]} is set")
+    if eng.workers != "auto" and int(eng.workers) > 1:
+        return BackendChoice("ray", f"auto: engine.workers is {eng.workers}")
+    work = round_client_epochs(scenario)
+    if work > AUTO_INPROCESS_MAX_CLIENT_EPOCHS:
+        return BackendChoice(
+            "ray", f"auto: {work} client-epochs per round > {AUTO_INPROCESS_MAX_CLIENT_EPOCHS}"
+        )
+    return BackendChoice(
+        "inprocess", f"auto: {work} client-epochs per round <= {AUTO_INPROCESS_MAX_CLIENT_EPOCHS}"
+    )
+
+
+def inprocess_workers(scenario: Scenario) -> int:
+    """Workers of an in-process run: ``engine.workers`` when it is an integer (the same sharding as a Ray run
+    with that many workers, so the two give the same result), else 1 (one process trains as fast with one)."""
+    return 1 if scenario.engine.workers == "auto" else int(scenario.engine.workers)
+
+
+def backend_workers(scenario: Scenario, choice: BackendChoice) -> int:
+    """How many workers the chosen backend runs."""
+    return inprocess_workers(scenario) if choice.name == "inprocess" else resolve_workers(scenario)
 
 
 def cuda_devices() -> int:
@@ -89,11 +163,44 @@ def simulate(
     *,
     on_round: Callable[[Mapping[str, Any]], None] | None = None,
     privacy: Any = None,
+    backend: BackendChoice | None = None,
 ) -> RunSummary:
-    """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary.
+    """Run ``scenario`` end to end on ``backend`` (default: :func:`choose_backend`) and return the engine's
+    summary.
 
     ``privacy``: the scenario's resolved ``(PrivacyPlan, Spend)`` when the caller already has it (saves a
     second calibration)."""
+    backend = backend or choose_backend(scenario)
+    if backend.name == "inprocess":
+        return simulate_inprocess(scenario, recorder, on_round=on_round, privacy=privacy)
+    return simulate_ray(scenario, recorder, on_round=on_round, privacy=privacy)
+
+
+def simulate_inprocess(
+    scenario: Scenario,
+    recorder: Recorder,
+    *,
+    on_round: Callable[[Mapping[str, Any]], None] | None = None,
+    privacy: Any = None,
+) -> RunSummary:
+    """Run ``scenario`` on the in-process backend: the same Engine and ClientApp, no Ray."""
+    from fedsim.engine.inprocess import run_on_inprocess_grid
+
+    workers = inprocess_workers(scenario)
+    engine = Engine(scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy)
+    return run_on_inprocess_grid(
+        engine.run, workers=workers, reply_deadline_s=scenario.engine.round_timeout_s
+    )
+
+
+def simulate_ray(
+    scenario: Scenario,
+    recorder: Recorder,
+    *,
+    on_round: Callable[[Mapping[str, Any]], None] | None = None,
+    privacy: Any = None,
+) -> RunSummary:
+    """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
