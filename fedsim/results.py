@@ -72,14 +72,17 @@ class RunDir:
         self._metrics.flush()
         self.rows.append(clean)
 
-    def save_checkpoint(self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any) -> None:
-        """Save ``checkpoints/round-<n>.pt`` (model + strategy state); after the last round also ``model.pt``."""
+    def save_checkpoint(
+        self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any, final: bool = False
+    ) -> None:
+        """Save ``checkpoints/round-<n>.pt`` (model + strategy state); the run's final one also as ``model.pt``
+        (whenever the run ends: a FedFix run that reaches ``horizon_s`` ends before its planned rounds)."""
         payload = {"round": round, "params": dict(params), "strategy_state": strategy_state}
         tmp = self.path / "checkpoints" / f".round-{round}.pt.tmp"
         torch.save(payload, tmp)
         target = self.path / "checkpoints" / f"round-{round}.pt"
         tmp.replace(target)
-        if round == self.scenario.planned_rounds:
+        if final:
             torch.save(dict(params), self.path / "model.pt")
 
     def close(self) -> None:

@@ -194,6 +194,6 @@ def run_diff2_loop(
         engine.on_round(row)
         summary.last_row = row
     engine.recorder.save_checkpoint(
-        round=sc.rounds, params=unflatten(state.x.clone(), spec), strategy_state=state._asdict()
+        round=sc.rounds, params=unflatten(state.x.clone(), spec), strategy_state=state._asdict(), final=True
     )
     return summary

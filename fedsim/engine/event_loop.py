@@ -203,7 +203,9 @@ def run_event_loop(
         engine.on_round(row)
         summary.last_row = row
         summary.rounds = step.index + 1
-    engine.recorder.save_checkpoint(round=int(summary.last_row.get("round", 0)), params=params, strategy_state=state)
+    engine.recorder.save_checkpoint(
+        round=int(summary.last_row.get("round", 0)), params=params, strategy_state=state, final=True
+    )
     return summary
 
 
@@ -357,7 +359,7 @@ def run_arrival_loop(
         engine.recorder.write_round(row)
         engine.on_round(row)
         summary.last_row, summary.rounds = row, n + 1
-    engine.recorder.save_checkpoint(round=summary.rounds, params=params, strategy_state=state)
+    engine.recorder.save_checkpoint(round=summary.rounds, params=params, strategy_state=state, final=True)
     return summary
 
 

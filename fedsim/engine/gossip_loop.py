@@ -124,7 +124,7 @@ def run_gossip_loop(
     if last_params is not None:
         average = {k: v.mean(0) for k, v in last_params.items()}
         engine.recorder.save_checkpoint(
-            round=sc.planned_rounds, params=average, strategy_state={"node_models": last_params}
+            round=sc.planned_rounds, params=average, strategy_state={"node_models": last_params}, final=True
         )
     return summary
 

@@ -60,8 +60,9 @@ class Recorder(Protocol):
     def write_round(self, row: Mapping[str, Any]) -> None: ...
 
     def save_checkpoint(
-        self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any
-    ) -> None: ...
+        self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any, final: bool = False
+    ) -> None:
+        """Keep a checkpoint; ``final``: the run's last one (its model is the run's result)."""
 
 
 @dataclass
@@ -310,8 +311,10 @@ class ReleasedRows:
     def write_round(self, row: Mapping[str, Any]) -> None:
         self.recorder.write_round(release_row(row, diagnostics=self.diagnostics))
 
-    def save_checkpoint(self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any) -> None:
-        self.recorder.save_checkpoint(round=round, params=params, strategy_state=strategy_state)
+    def save_checkpoint(
+        self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any, final: bool = False
+    ) -> None:
+        self.recorder.save_checkpoint(round=round, params=params, strategy_state=strategy_state, final=final)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.recorder, name)
@@ -487,7 +490,7 @@ class Engine:
                 self.recorder.save_checkpoint(round=rnd, params=params, strategy_state=state)
             self.on_round(row)
             summary.last_row = row
-        self.recorder.save_checkpoint(round=sc.rounds, params=params, strategy_state=state)
+        self.recorder.save_checkpoint(round=sc.rounds, params=params, strategy_state=state, final=True)
         return summary
 
     def _ask_to_prepare(self, grid: Grid, nodes: Sequence[int]) -> dict[str, int]:

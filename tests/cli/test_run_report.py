@@ -241,3 +241,30 @@ def test_the_progress_lines_count_rounds_or_gossip_ticks():
     with ProgressDisplay(Console(file=out, force_terminal=False, width=200), REGRESSION) as display:
         display({"round": 4, "clients": 4, "dropped": 0, "test_loss": 0.25, "wall_time_s": 2.0})
     assert out.getvalue().splitlines()[-1] == "round 4/4 test_loss=0.25 clients=4 dropped=0 wall=2.0s"
+
+
+def test_a_run_that_stops_before_its_planned_rounds_still_writes_its_model(tmp_path):
+    """FedFix stops at ``horizon_s`` (here after 7 of at most 50 steps): the final checkpoint is the result."""
+    import torch
+
+    from fedsim.results import read_metrics
+    from fedsim.run import run_scenario
+
+    scenario = parse_scenario(
+        {
+            "name": "fedfix-horizon",
+            "rounds": 50,
+            "data": {"dataset": "digits", "partitioner": "iid"},
+            "population": {"clients": 4},
+            "model": {"name": "mlp", "args": {"hidden": [8]}},
+            "strategy": {"name": "fedfix", "clients_per_round": 4, "args": {"window_s": 1.0, "horizon_s": 7.0}},
+            "engine": {"backend": "inprocess"},
+        }
+    )
+    outcome = run_scenario(scenario, output_root=tmp_path, show_progress=False)
+    rows = read_metrics(outcome.path / "metrics.jsonl")
+    assert 0 < len(rows) < 50
+    model = torch.load(outcome.path / "model.pt")
+    last = torch.load(outcome.path / "checkpoints" / f"round-{rows[-1]['round']}.pt", weights_only=False)
+    assert model.keys() == last["params"].keys()
+    assert all(torch.equal(model[k], last["params"][k]) for k in model)

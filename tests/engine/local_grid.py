@@ -65,5 +65,5 @@ class MemoryRecorder:
     def write_round(self, row):
         self.rows.append(dict(row))
 
-    def save_checkpoint(self, *, round, params, strategy_state):
+    def save_checkpoint(self, *, round, params, strategy_state, final=False):
         self.checkpoints.append(round)
