@@ -89,6 +89,7 @@ def check_scenario(scenario: Scenario) -> None:
     from clients.optimizers import check_optimizer_spec
     from fedsim.data.federated import dataset_task, partitioner_names, resolve_dataset_args
     from fedsim.data.partitioners import resolve_partitioner_args
+    from fedsim.engine.backend import choose_backend
     from fedsim.models.registry import resolve_model_args, vectorize_blocker
     from strategies import build_strategy
     from strategies.asynchronous import RULE_NAMES
@@ -96,6 +97,7 @@ def check_scenario(scenario: Scenario) -> None:
 
     check_population(scenario.population.clients)
     check_workers(scenario)
+    choose_backend(scenario)  # refuses engine.backend 'inprocess' with settings only Ray workers honour
     check_output_root(scenario.output.dir, scenario.name)
     build_strategy(scenario.strategy, scenario.population.clients)  # its arguments, checked by the factory
     if scenario.strategy.name == "gossip" and scenario.privacy is not None:

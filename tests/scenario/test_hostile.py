@@ -65,6 +65,10 @@ HOSTILE = [
     ),
     ("population: {clients: 20, devices: {availability: 0.0}}\n", "population.devices.availability"),
     ("engine: {workers: 1000000}\n", "engine.workers must be 'auto' or at most"),
+    (
+        "engine: {backend: inprocess, ray_address: 'auto'}\n",
+        "engine.ray_address must be unset with engine.backend 'inprocess'",
+    ),
     ("rounds: true\n", "rounds must be an integer. Got True."),
     (
         "data: {dataset: digits, partitioner: iid, test_fraction: true}\n",
