@@ -52,6 +52,7 @@ import torch
 from fedsim.errors import ConfigError
 from fedsim.gradcore.clipping import clip_rows
 from fedsim.gradcore.dp import add_gaussian_noise
+from fedsim.privacy import FULL_BATCH_STRATEGIES
 from fedsim.privacy.accounting import Mechanism, epsilon_of_sequence
 
 PerExampleGrads = Callable[[torch.Tensor], torch.Tensor]
@@ -361,7 +362,7 @@ def epsilon_rdp(cfg: Diff2Config, rounds: int, delta: float) -> float:
 
 # ------------------------------------------------------------------------------------ the engine's strategies
 
-DIFF2_NAMES = ("diff2", "dp_gd")
+DIFF2_NAMES = FULL_BATCH_STRATEGIES
 """Strategy names the engine runs with ``fedsim.engine.diff2_loop`` (full participation, full-batch rounds)."""
 
 _ARGS = {

@@ -124,6 +124,41 @@ def resolve_dataset(name: str) -> tuple[DatasetLoader, str | None]:
     raise UnknownNameError("data.dataset", name, known)
 
 
+def data_request(
+    *,
+    dataset: str,
+    args: Mapping[str, Any],
+    partitioner: str,
+    partitioner_args: Mapping[str, Any],
+    test_fraction: float,
+    num_clients: int,
+    seed: int,
+) -> DataRequest:
+    """The validated ``DataRequest`` of ``load_federated_data``'s arguments (nothing is loaded).
+
+    Raises:
+        ConfigError: any invalid value, naming its dotted scenario field; ``UnknownNameError`` for names.
+    """
+    check_number("seed", seed, integer=True, low=0)
+    check_number("population.clients", num_clients, integer=True, low=1)
+    check_number("data.test_fraction", test_fraction, low=0, high=1, high_open=True)
+    _, target = resolve_dataset(dataset)
+    PARTITIONERS.get(partitioner)  # fail on the name before loading anything
+    for field, value in (("data.args", args), ("data.partitioner_args", partitioner_args)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(field, "a mapping", value)
+    return DataRequest(
+        args=dict(args or {}),
+        target=target,
+        name=dataset,
+        partitioner=partitioner,
+        partitioner_args=dict(partitioner_args or {}),
+        test_fraction=float(test_fraction),
+        num_clients=int(num_clients),
+        seed=int(seed),
+    )
+
+
 def load_federated_data(
     *,
     dataset: str,
@@ -151,24 +186,16 @@ def load_federated_data(
     Raises:
         ConfigError: any invalid value, naming its dotted scenario field; ``UnknownNameError`` for names.
     """
-    check_number("seed", seed, integer=True, low=0)
-    check_number("population.clients", num_clients, integer=True, low=1)
-    check_number("data.test_fraction", test_fraction, low=0, high=1, high_open=True)
-    loader, target = resolve_dataset(dataset)
-    PARTITIONERS.get(partitioner)  # fail on the name before loading anything
-    for field, value in (("data.args", args), ("data.partitioner_args", partitioner_args)):
-        if value is not None and not isinstance(value, Mapping):
-            raise ConfigError(field, "a mapping", value)
-    request = DataRequest(
-        args=dict(args or {}),
-        target=target,
-        name=dataset,
+    request = data_request(
+        dataset=dataset,
+        args=args,
         partitioner=partitioner,
-        partitioner_args=dict(partitioner_args or {}),
-        test_fraction=float(test_fraction),
-        num_clients=int(num_clients),
-        seed=int(seed),
+        partitioner_args=partitioner_args,
+        test_fraction=test_fraction,
+        num_clients=num_clients,
+        seed=seed,
     )
+    loader, _ = resolve_dataset(dataset)
     split = loader(request)
     if split.task not in TASKS:
         raise ValueError(f"dataset {dataset!r} returned task {split.task!r}; expected one of {TASKS}")

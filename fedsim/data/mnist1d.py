@@ -12,7 +12,16 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from fedsim.data._args import Args
-from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData, stratified_split
+from fedsim.data.base import (
+    DATASETS,
+    GENERATE,
+    TEST_SPLIT,
+    TRAIN_LABELS,
+    DataRequest,
+    SplitData,
+    TrainLabels,
+    stratified_split,
+)
 from fedsim.errors import ConfigError
 
 # The ten length-12 digit templates of the reference implementation (mnist1d/data.py, get_templates).
@@ -90,6 +99,14 @@ def mnist1d(request: DataRequest) -> SplitData:
         Greydanus, S. and Kobak, D., "Scaling down Deep Learning with MNIST-1D", ICML 2024, arXiv:2011.14439
         (2020); generator followed: github.com/greydanus/mnist1d, mnist1d/data.py and mnist1d/transform.py.
     """
+    num_samples, params = _settings(request)
+    x, y = generate(num_samples=num_samples, rng=request.rng(GENERATE), **params)
+    train, test = stratified_split(y, request.test_fraction, request.rng(TEST_SPLIT))
+    return SplitData(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test], num_classes=10)
+
+
+def _settings(request: DataRequest) -> tuple[int, dict]:
+    """``data.args`` validated: (num_samples, the transformation parameters)."""
     args = Args(
         request.args,
         field="data.args",
@@ -127,7 +144,17 @@ def mnist1d(request: DataRequest) -> SplitData:
         "shuffle_seq": args.boolean("shuffle_seq", False),
         "final_seq_length": length,
     }
-    num_samples = args.number("num_samples", 5000, integer=True, low=20)
-    x, y = generate(num_samples=num_samples, rng=request.rng(GENERATE), **params)
-    train, test = stratified_split(y, request.test_fraction, request.rng(TEST_SPLIT))
-    return SplitData(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test], num_classes=10)
+    return args.number("num_samples", 5000, integer=True, low=20), params
+
+
+@TRAIN_LABELS.register("mnist1d")
+def mnist1d_train_count(request: DataRequest) -> TrainLabels:
+    """The number of training examples: ``num_samples // 10`` of each digit, less the stratified test split.
+
+    The labels' order is a permutation drawn after every example's features, so they are not drawn here.
+    """
+    num_samples, _ = _settings(request)
+    labels = np.repeat(np.arange(10, dtype=np.int64), num_samples // 10)
+    # the split's size depends on the counts per class only, not on the order or the draws
+    train, _ = stratified_split(labels, request.test_fraction, request.rng(TEST_SPLIT))
+    return TrainLabels(count=len(train), labels=None, users=None)

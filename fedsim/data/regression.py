@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.data._args import Args
-from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData
+from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
 from fedsim.errors import ConfigError
 
 # Guard against a typo asking for gigabytes of generated data.
@@ -25,7 +25,7 @@ def _split_and_standardise(x: np.ndarray, y: np.ndarray, request: DataRequest) -
     """A seeded random ``test_fraction`` split (at least one example each side), then both sides standardised
     with the training side's statistics."""
     n = len(y)
-    n_test = min(max(int(round(request.test_fraction * n)), 1), n - 1)
+    n_test = _test_count(n, request.test_fraction)
     order = request.rng(TEST_SPLIT).permutation(n)
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     mx, sx = x[train].mean(axis=0), x[train].std(axis=0)
@@ -61,6 +61,29 @@ def diabetes(request: DataRequest) -> SplitData:
     return _split_and_standardise(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), request)
 
 
+def _test_count(n: int, test_fraction: float) -> int:
+    """Examples held out: ``round(test_fraction · n)``, at least one and at most ``n − 1``."""
+    return min(max(int(round(test_fraction * n)), 1), n - 1)
+
+
+@TRAIN_LABELS.register("regression")
+def regression_train_count(request: DataRequest) -> TrainLabels:
+    """The number of training examples, ``n`` less the test split (no labels: the target is real-valued)."""
+    n, _, _ = _regression_settings(request)
+    return TrainLabels(count=n - _test_count(n, request.test_fraction), labels=None, users=None)
+
+
+def _regression_settings(request: DataRequest) -> tuple[int, int, float]:
+    """``data.args`` validated: (n, d, noise), and the size guard."""
+    args = Args(request.args, field="data.args", owner="regression", accepted=("n", "d", "noise"))
+    n = args.number("n", 20640, integer=True, low=2)
+    d = args.number("d", 8, integer=True, low=1)
+    noise = float(args.number("noise", 0.1, low=0))
+    if n * d > MAX_VALUES:
+        raise ConfigError("data.args", f"n·d <= {MAX_VALUES:.0e}", dict(request.args))
+    return n, d, noise
+
+
 @DATASETS.register("regression")
 def regression(request: DataRequest) -> SplitData:
     """A generated regression problem: x ~ N(0, I_d), y = Σ_k a_k tanh(w_kᵀx/√d + b_k) + x_1/2 + noise·N(0, 1).
@@ -69,12 +92,7 @@ def regression(request: DataRequest) -> SplitData:
     data are deterministic in it. ``data.args``: ``n`` (20640, California Housing's size), ``d`` (8), ``noise``
     (0.1, before standardisation).
     """
-    args = Args(request.args, field="data.args", owner="regression", accepted=("n", "d", "noise"))
-    n = args.number("n", 20640, integer=True, low=2)
-    d = args.number("d", 8, integer=True, low=1)
-    noise = float(args.number("noise", 0.1, low=0))
-    if n * d > MAX_VALUES:
-        raise ConfigError("data.args", f"n·d <= {MAX_VALUES:.0e}", dict(request.args))
+    n, d, noise = _regression_settings(request)
     rng = request.rng(GENERATE)
     w = rng.standard_normal((_TEACHER_UNITS, d))
     b = rng.standard_normal(_TEACHER_UNITS)

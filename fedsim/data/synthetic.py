@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data._args import Args
-from fedsim.data.base import DATASETS, GENERATE, DataRequest, SplitData
+from fedsim.data.base import DATASETS, GENERATE, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
 from fedsim.errors import ConfigError
 
 # FedProx's generator adds 50 to the log-normal draw so that no user is (nearly) empty.
@@ -48,17 +48,7 @@ def synthetic(request: DataRequest) -> SplitData:
         and data/synthetic_iid/generate_iid.py.
         Caldas, S. et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097, 2018.
     """
-    args = Args(
-        request.args,
-        field="data.args",
-        owner="synthetic",
-        accepted=("alpha", "beta", "dim", "classes", "samples", "iid"),
-    )
-    alpha = args.number("alpha", 1.0, low=0)
-    beta = args.number("beta", 1.0, low=0)
-    dim = args.number("dim", 60, integer=True, low=1)
-    classes = args.number("classes", 10, integer=True, low=2)
-    iid = args.boolean("iid", False)
+    args, (alpha, beta, dim, classes, iid) = _settings(request)
     users = request.num_clients
     rng = request.rng(GENERATE)
     counts = sample_counts(args.mapping("samples"), users, rng)
@@ -83,8 +73,7 @@ def synthetic(request: DataRequest) -> SplitData:
         n = int(counts[k])
         x = means[k] + rng.standard_normal((n, dim)) * sigma_sqrt
         y = np.argmax(x @ w + b, axis=1)
-        n_test = min(int(round(request.test_fraction * n)), n - 1)
-        n_train = n - n_test
+        n_train = _train_count(n, request.test_fraction)
         train_x.append(x[:n_train])
         train_y.append(y[:n_train])
         train_u.append(np.full(n_train, k, dtype=np.int64))
@@ -98,6 +87,40 @@ def synthetic(request: DataRequest) -> SplitData:
         num_classes=classes,
         train_users=np.concatenate(train_u),
     )
+
+
+def _settings(request: DataRequest) -> tuple[Args, tuple[float, float, int, int, bool]]:
+    """``data.args`` validated: the reader (for ``samples``) and (alpha, beta, dim, classes, iid)."""
+    args = Args(
+        request.args,
+        field="data.args",
+        owner="synthetic",
+        accepted=("alpha", "beta", "dim", "classes", "samples", "iid"),
+    )
+    alpha = args.number("alpha", 1.0, low=0)
+    beta = args.number("beta", 1.0, low=0)
+    dim = args.number("dim", 60, integer=True, low=1)
+    classes = args.number("classes", 10, integer=True, low=2)
+    iid = args.boolean("iid", False)
+    return args, (alpha, beta, dim, classes, iid)
+
+
+def _train_count(n: int, test_fraction: float) -> int:
+    """A user's training examples: all but its last ``round(test_fraction · n)`` (at least one kept)."""
+    return n - min(int(round(test_fraction * n)), n - 1)
+
+
+@TRAIN_LABELS.register("synthetic")
+def synthetic_train_users(request: DataRequest) -> TrainLabels:
+    """The user id of every training example, from the example counts alone (the generator's first draws).
+
+    The labels are ``argmax`` of each user's features, so they are not drawn here (``labels`` is ``None``).
+    """
+    args, _ = _settings(request)
+    counts = sample_counts(args.mapping("samples"), request.num_clients, request.rng(GENERATE))
+    train = np.asarray([_train_count(int(n), request.test_fraction) for n in counts], dtype=np.int64)
+    users = np.repeat(np.arange(request.num_clients, dtype=np.int64), train)
+    return TrainLabels(count=len(users), labels=None, users=users)
 
 
 def sample_counts(spec: Mapping[str, Any] | None, users: int, rng: np.random.Generator) -> np.ndarray:
