@@ -51,7 +51,7 @@ import torch
 
 from fedsim.errors import ConfigError
 from fedsim.gradcore.clipping import clip_rows
-from fedsim.gradcore.dp import add_gaussian_noise
+from fedsim.gradcore.dp import add_gaussian_noise, gaussian_noise_state
 from fedsim.privacy import FULL_BATCH_STRATEGIES
 from fedsim.privacy.accounting import Mechanism, epsilon_of_sequence
 
@@ -170,7 +170,9 @@ def noised_mean(
     """(1/P)·Σ_p ClippedMean_p + N(0, std² I), std = ``noise_std(...)``, drawn from ``generator`` in one draw of
     shape ``[d]`` (none when std is 0). Returns the result and std."""
     std = noise_std(noise_multiplier, radius, clients=clients, min_examples=min_examples)
-    out, _ = add_gaussian_noise(std, generator=generator).update({"v": clipped_mean_sum / clients}, None)
+    noise = add_gaussian_noise(std)
+    out, after = noise.update({"v": clipped_mean_sum / clients}, gaussian_noise_state(generator))
+    generator.set_state(after.rng)  # the caller's generator carries the stream on to the next round
     return out["v"], std
 
 
