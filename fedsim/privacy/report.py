@@ -214,6 +214,7 @@ def _sample_level_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
                 "steps_per_epoch": g.steps_per_epoch,
                 "examples": g.min_examples,
                 "sample_rate": g.sample_rate,
+                "steps": rounds * epochs * g.steps_per_epoch,
             }
             for a, g in (plan.worst_by_accountant or {}).items()
         },
