@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,7 +80,9 @@ class RunDir:
         (whenever the run ends: a FedFix run that reaches ``horizon_s`` ends before its planned rounds)."""
         payload = {"round": round, "params": dict(params), "strategy_state": strategy_state}
         tmp = self.path / "checkpoints" / f".round-{round}.pt.tmp"
-        torch.save(payload, tmp)
+        # the strategy state holds the DP noise stream (DPState.noise): readable by the owner only
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            torch.save(payload, f)
         target = self.path / "checkpoints" / f"round-{round}.pt"
         tmp.replace(target)
         if final:

@@ -51,7 +51,8 @@ import torch
 
 from fedsim.errors import ConfigError
 from fedsim.gradcore.clipping import clip_rows
-from fedsim.gradcore.dp import add_gaussian_noise
+from fedsim.gradcore.dp import add_gaussian_noise, gaussian_noise_state
+from fedsim.privacy import FULL_BATCH_STRATEGIES
 
 if TYPE_CHECKING:  # the accountants cost seconds to import: only DP-GD's accounting needs them
     from fedsim.privacy.accounting import Mechanism
@@ -171,7 +172,9 @@ def noised_mean(
     """(1/P)·Σ_p ClippedMean_p + N(0, std² I), std = ``noise_std(...)``, drawn from ``generator`` in one draw of
     shape ``[d]`` (none when std is 0). Returns the result and std."""
     std = noise_std(noise_multiplier, radius, clients=clients, min_examples=min_examples)
-    out, _ = add_gaussian_noise(std, generator=generator).update({"v": clipped_mean_sum / clients}, None)
+    noise = add_gaussian_noise(std)
+    out, after = noise.update({"v": clipped_mean_sum / clients}, gaussian_noise_state(generator))
+    generator.set_state(after.rng)  # the caller's generator carries the stream on to the next round
     return out["v"], std
 
 
@@ -367,7 +370,7 @@ def epsilon_rdp(cfg: Diff2Config, rounds: int, delta: float) -> float:
 
 # ------------------------------------------------------------------------------------ the engine's strategies
 
-DIFF2_NAMES = ("diff2", "dp_gd")
+DIFF2_NAMES = FULL_BATCH_STRATEGIES
 """Strategy names the engine runs with ``fedsim.engine.diff2_loop`` (full participation, full-batch rounds)."""
 
 _ARGS = {

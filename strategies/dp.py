@@ -11,8 +11,9 @@ a target quantile of the update norms (Andrew et al.).
 With sample-level DP (``SampleLevelDP``) the clients run DP-SGD themselves; the wrapper only sends σ in every
 round's config and puts ε so far and the clients' clipping diagnostics into the metrics.
 
-Noise comes from a ``torch.Generator`` the wrapper owns: seeded by the OS CSPRNG unless the scenario asks for an
-insecure seed (then reports say the run is not private).
+The noise stream lives in the strategy's state (``DPState.noise``, a ``fedsim.gradcore.dp.GaussianNoiseState``), so a
+checkpoint holds it; it starts from the generator the engine gives the wrapper: seeded by the OS CSPRNG unless the
+scenario asks for an insecure seed (then reports say the run is not private).
 
 References:
     McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018, arXiv 1710.06963;
@@ -31,7 +32,7 @@ import torch
 from fedsim.engine.protocol import NOISE_MULTIPLIER_KEY
 from fedsim.errors import ConfigError
 from fedsim.gradcore import global_norm
-from fedsim.gradcore.dp import add_gaussian_noise
+from fedsim.gradcore.dp import GaussianNoiseState, add_gaussian_noise, gaussian_noise_state
 from fedsim.privacy.client_level import adaptive_noise_split, next_adaptive_clip
 from strategies.base import AggregateResult, Params, ReducedUpdates, RoundPlan, Strategy
 from strategies.fedavg import FedAvg, sample_clients
@@ -41,11 +42,13 @@ if TYPE_CHECKING:
 
 
 class DPState(NamedTuple):
-    """The inner strategy's state, the current clip bound C_t and the rounds done."""
+    """The inner strategy's state, the current clip bound C_t, the rounds done and the noise stream (so a
+    checkpoint of the state holds the noise's randomness, and a resumed run draws what it would have drawn)."""
 
     inner: Any
     clip: float
     rounds: int
+    noise: GaussianNoiseState
 
 
 def poisson_sample(
@@ -65,7 +68,8 @@ class ClientLevelDP:
         population: N, the number of logical clients.
         noise_multiplier: σ of the whole mechanism (with adaptive clipping, split between update and count).
         clip: the initial (or fixed) L2 bound C on each client's update.
-        generator: the noise's randomness (the caller seeds it: CSPRNG, or the scenario seed when insecure).
+        generator: where the noise stream starts (the caller seeds it: CSPRNG, or the scenario seed when
+            insecure); ``init`` copies its state into ``DPState.noise`` and never draws from it.
         sampling: ``poisson`` or ``fixed_size``.
         adaptive: clip follows a quantile (then ``target_quantile``, ``clip_lr``, ``count_noise`` apply).
         epsilon_at: ε spent after a round, per accountant, for the rounds it is known ({round: {acc: ε}}).
@@ -101,7 +105,12 @@ class ClientLevelDP:
         return adaptive_noise_split(self.noise_multiplier, self.count_noise_std)
 
     def init(self, params: Params) -> DPState:
-        return DPState(inner=self.inner.init(params), clip=float(self.clip), rounds=0)
+        return DPState(
+            inner=self.inner.init(params),
+            clip=float(self.clip),
+            rounds=0,
+            noise=gaussian_noise_state(self.generator),
+        )
 
     def configure_round(
         self, state: DPState, *, round: int, available: Sequence[int] | np.ndarray, rng: np.random.Generator
@@ -120,7 +129,7 @@ class ClientLevelDP:
         keys = [k for k, v in params.items() if v.is_floating_point()]
         total = {k: updates.weighted_delta_sum[k].to(params[k].dtype) for k in keys}
         std = self.update_noise_multiplier * state.clip
-        noised, _ = add_gaussian_noise(std, generator=self.generator).update(total, None)
+        noised, noise = add_gaussian_noise(std).update(total, state.noise)
         s = float(self.cohort)
         delta = {k: -noised[k] / s for k in keys}
         result = self.inner.step(state.inner, params, delta)
@@ -136,9 +145,9 @@ class ClientLevelDP:
         }
         new_clip = state.clip
         if self.adaptive:
-            noised_count = centred_unclipped_count(norms, state.clip) + (
-                float(torch.randn((), generator=self.generator, dtype=torch.float64)) * self.count_noise_std
-            )
+            count = {"count": torch.tensor(centred_unclipped_count(norms, state.clip), dtype=torch.float64)}
+            released, noise = add_gaussian_noise(self.count_noise_std).update(count, noise)
+            noised_count = float(released["count"])
             new_clip = next_adaptive_clip(
                 state.clip, noised_count / s + 0.5, target_quantile=self.target_quantile, lr=self.clip_lr
             )
@@ -146,9 +155,14 @@ class ClientLevelDP:
             metrics[f"epsilon_{acc}"] = float(eps)
         return AggregateResult(
             params=result.params,
-            state=DPState(inner=result.state, clip=new_clip, rounds=state.rounds + 1),
+            state=DPState(inner=result.state, clip=new_clip, rounds=state.rounds + 1, noise=noise),
             metrics=metrics,
         )
+
+
+CENTRED_COUNT_SENSITIVITY = 0.5
+"""How far adding or removing one client moves ``centred_unclipped_count``: ½ whatever the client's bit (the
+``dp_count_sensitivity`` every adaptive round records; tests/privacy/test_count_sensitivity.py measures it)."""
 
 
 def centred_unclipped_count(norms: np.ndarray, clip: float) -> float:

@@ -90,6 +90,29 @@ TASKS = ("classification", "regression")
 
 DatasetLoader = Callable[[DataRequest], SplitData]
 
+
+@dataclass(frozen=True)
+class TrainLabels:
+    """What partitioning reads of a dataset's training split, drawn without its features (``fedsim.data.sizes``).
+
+    Attributes:
+        count: number of training examples (all that ``iid`` reads).
+        labels: the training labels in row order, exactly as the loader's ``train_y``, or ``None`` when they
+            cannot be had without drawing the features (label-based partitioners then build the data).
+        users: natural user id per training example, exactly as the loader's ``train_users`` (``None`` when the
+            dataset has none).
+    """
+
+    count: int
+    labels: np.ndarray | None
+    users: np.ndarray | None
+
+
+TrainLabelsFn = Callable[[DataRequest], TrainLabels]
+
+TRAIN_LABELS: Registry[TrainLabelsFn] = Registry("data.dataset")
+"""Datasets whose training split's size (and labels or user ids) can be had cheaply; the rest are built."""
+
 DATASETS: Registry[DatasetLoader] = Registry("data.dataset")
 """Plain dataset names (``digits``, ``mnist1d``, ``synthetic``)."""
 

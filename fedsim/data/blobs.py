@@ -8,11 +8,12 @@ number, ``noise``, and is known in closed form, which makes the data a yardstick
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from fedsim.argspec import ArgSpec, declares, integers, num
-from fedsim.data.base import DATASETS, GENERATE, DataRequest, SplitData
+from fedsim.data.base import DATASETS, GENERATE, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
 from fedsim.errors import ConfigError
 
 # Guard against a typo asking for terabytes: 4e9 float32 values are 16 GB.
@@ -50,7 +51,38 @@ def blobs(request: DataRequest) -> SplitData:
         Pedregosa, F. et al., "Scikit-learn: Machine Learning in Python", JMLR 12, 2011 (``make_blobs``, the
         same isotropic Gaussian mixture).
     """
-    args = request.args
+    settings = _settings(request)
+    gen, centers, (test_x, test_y), train_y = _labels(request, settings)
+    train_x = _features(train_y, centers, settings.noise, gen)
+    return SplitData(
+        train_x=train_x.numpy(),
+        train_y=train_y.numpy(),
+        test_x=test_x.numpy(),
+        test_y=test_y.numpy(),
+        num_classes=settings.classes,
+    )
+
+
+@TRAIN_LABELS.register("blobs")
+def blobs_train_labels(request: DataRequest) -> TrainLabels:
+    """The training labels without the training features: the same draws as ``blobs`` up to ``train_y``
+    (the centers and the test set, which come first, are drawn; the training examples are not)."""
+    *_, train_y = _labels(request, _settings(request))
+    return TrainLabels(count=len(train_y), labels=train_y.numpy(), users=None)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    shape: tuple[int, ...]
+    classes: int
+    per_client: int
+    test_samples: int
+    noise: float
+
+
+def _settings(request: DataRequest) -> _Settings:
+    """``data.args`` as typed settings, and the size guard."""
+    args = request.args  # resolved against the declared spec (defaults filled in) by data_request
     shape = tuple(args["shape"])
     classes, per_client, test_samples = args["classes"], args["samples_per_client"], args["test_samples"]
     noise = float(args["noise"])
@@ -63,24 +95,29 @@ def blobs(request: DataRequest) -> SplitData:
             f"shape {list(shape)} asked for)",
             dict(request.args),
         )
+    return _Settings(tuple(shape), classes, per_client, test_samples, noise)
+
+
+def _labels(
+    request: DataRequest, s: _Settings
+) -> tuple[torch.Generator, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The draws up to the training labels: generator, centers, the test set (x, y), the training labels."""
     gen = torch.Generator().manual_seed(int(request.rng(GENERATE).integers(2**63)))
-    centers = torch.randn((classes, *shape), generator=gen, dtype=torch.float32)
-    test_x, test_y = _draw(test_samples, centers, noise, gen)
-    train_x, train_y = _draw(num_train, centers, noise, gen)
-    return SplitData(
-        train_x=train_x.numpy(),
-        train_y=train_y.numpy(),
-        test_x=test_x.numpy(),
-        test_y=test_y.numpy(),
-        num_classes=classes,
-    )
+    centers = torch.randn((s.classes, *s.shape), generator=gen, dtype=torch.float32)
+    test_y = _draw_labels(s.test_samples, s.classes, gen)
+    test_x = _features(test_y, centers, s.noise, gen)
+    train_y = _draw_labels(s.per_client * request.num_clients, s.classes, gen)
+    return gen, centers, (test_x, test_y), train_y
 
 
-def _draw(
-    n: int, centers: torch.Tensor, noise: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` examples of the mixture, built in place in one float32 tensor."""
-    y = torch.randint(len(centers), (n,), generator=gen, dtype=torch.int64)
+def _draw_labels(n: int, classes: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` labels uniform over the classes (drawn before the examples' noise)."""
+    return torch.randint(classes, (n,), generator=gen, dtype=torch.int64)
+
+
+def _features(y: torch.Tensor, centers: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
+    """The examples of labels ``y``: ``center[y] + noise · N(0, I)``, built in place in one float32 tensor."""
+    n = len(y)
     x = torch.randn((n, *centers.shape[1:]), generator=gen, dtype=torch.float32).mul_(noise)
     rows = max(1, _CHUNK_VALUES // centers[0].numel())
     # One reused buffer for centers[y]: a fresh gather per chunk leaves the heap ~4 chunks larger.
@@ -90,4 +127,4 @@ def _draw(
         gathered = buffer[: len(labels)]
         torch.index_select(centers, 0, labels, out=gathered)
         x[start : start + rows].add_(gathered)
-    return x, y
+    return x

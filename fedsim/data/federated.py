@@ -147,6 +147,38 @@ def resolve_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict[str,
     return dataset_spec(name).resolve(args, field="data.args", owner=owner)
 
 
+def data_request(
+    *,
+    dataset: str,
+    args: Mapping[str, Any],
+    partitioner: str,
+    partitioner_args: Mapping[str, Any],
+    test_fraction: float,
+    num_clients: int,
+    seed: int,
+) -> DataRequest:
+    """The validated ``DataRequest`` of ``load_federated_data``'s arguments, resolved against the dataset's and
+    partitioner's specs (nothing is loaded).
+
+    Raises:
+        ConfigError: any invalid value, naming its dotted scenario field; ``UnknownNameError`` for names.
+    """
+    check_number("seed", seed, integer=True, low=0)
+    check_number("population.clients", num_clients, integer=True, low=1)
+    check_number("data.test_fraction", test_fraction, low=0, high=1, high_open=True)
+    _, target = resolve_dataset(dataset)
+    return DataRequest(
+        args=resolve_dataset_args(dataset, args),  # each dataset's own defaults filled in
+        target=target,
+        name=dataset,
+        partitioner=partitioner,
+        partitioner_args=resolve_partitioner_args(partitioner, partitioner_args),
+        test_fraction=float(test_fraction),
+        num_clients=int(num_clients),
+        seed=int(seed),
+    )
+
+
 def load_federated_data(
     *,
     dataset: str,
@@ -174,22 +206,16 @@ def load_federated_data(
     Raises:
         ConfigError: any invalid value, naming its dotted scenario field; ``UnknownNameError`` for names.
     """
-    check_number("seed", seed, integer=True, low=0)
-    check_number("population.clients", num_clients, integer=True, low=1)
-    check_number("data.test_fraction", test_fraction, low=0, high=1, high_open=True)
-    loader, target = resolve_dataset(dataset)
-    resolved_args = resolve_dataset_args(dataset, args)  # fail on bad arguments before loading anything
-    resolved_partitioner_args = resolve_partitioner_args(partitioner, partitioner_args)
-    request = DataRequest(
-        args=resolved_args,
-        target=target,
-        name=dataset,
+    request = data_request(
+        dataset=dataset,
+        args=args,
         partitioner=partitioner,
-        partitioner_args=resolved_partitioner_args,
-        test_fraction=float(test_fraction),
-        num_clients=int(num_clients),
-        seed=int(seed),
+        partitioner_args=partitioner_args,
+        test_fraction=test_fraction,
+        num_clients=num_clients,
+        seed=seed,
     )
+    loader, _ = resolve_dataset(dataset)
     split = loader(request)
     if split.task not in TASKS:
         raise ValueError(f"dataset {dataset!r} returned task {split.task!r}; expected one of {TASKS}")

@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from fedsim.argspec import ArgSpec, custom, declares, flag, num
-from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData, stratified_split
+from fedsim.data.base import (
+    DATASETS,
+    GENERATE,
+    TEST_SPLIT,
+    TRAIN_LABELS,
+    DataRequest,
+    SplitData,
+    TrainLabels,
+    stratified_split,
+)
 from fedsim.errors import ConfigError
 
 # The ten length-12 digit templates of the reference implementation (mnist1d/data.py, get_templates).
@@ -129,3 +138,15 @@ def mnist1d(request: DataRequest) -> SplitData:
     x, y = generate(num_samples=num_samples, rng=request.rng(GENERATE), **params)
     train, test = stratified_split(y, request.test_fraction, request.rng(TEST_SPLIT))
     return SplitData(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test], num_classes=10)
+
+
+@TRAIN_LABELS.register("mnist1d")
+def mnist1d_train_count(request: DataRequest) -> TrainLabels:
+    """The number of training examples: ``num_samples // 10`` of each digit, less the stratified test split.
+
+    The labels' order is a permutation drawn after every example's features, so they are not drawn here.
+    """
+    labels = np.repeat(np.arange(10, dtype=np.int64), request.args["num_samples"] // 10)
+    # the split's size depends on the counts per class only, not on the order or the draws
+    train, _ = stratified_split(labels, request.test_fraction, request.rng(TEST_SPLIT))
+    return TrainLabels(count=len(train), labels=None, users=None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.argspec import ArgSpec, declares, num
-from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, DataRequest, SplitData
+from fedsim.data.base import DATASETS, GENERATE, TEST_SPLIT, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
 from fedsim.errors import ConfigError
 
 # Guard against a typo asking for gigabytes of generated data.
@@ -25,7 +25,7 @@ def _split_and_standardise(x: np.ndarray, y: np.ndarray, request: DataRequest) -
     """A seeded random ``test_fraction`` split (at least one example each side), then both sides standardised
     with the training side's statistics."""
     n = len(y)
-    n_test = min(max(int(round(request.test_fraction * n)), 1), n - 1)
+    n_test = _test_count(n, request.test_fraction)
     order = request.rng(TEST_SPLIT).permutation(n)
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     mx, sx = x[train].mean(axis=0), x[train].std(axis=0)
@@ -59,6 +59,18 @@ def diabetes(request: DataRequest) -> SplitData:
 
     x, y = load_diabetes(return_X_y=True)
     return _split_and_standardise(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), request)
+
+
+def _test_count(n: int, test_fraction: float) -> int:
+    """Examples held out: ``round(test_fraction · n)``, at least one and at most ``n − 1``."""
+    return min(max(int(round(test_fraction * n)), 1), n - 1)
+
+
+@TRAIN_LABELS.register("regression")
+def regression_train_count(request: DataRequest) -> TrainLabels:
+    """The number of training examples, ``n`` less the test split (no labels: the target is real-valued)."""
+    n = request.args["n"]
+    return TrainLabels(count=n - _test_count(n, request.test_fraction), labels=None, users=None)
 
 
 @DATASETS.register("regression")

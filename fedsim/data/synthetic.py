@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.argspec import ArgSpec, custom, declares, flag, num
-from fedsim.data.base import DATASETS, GENERATE, DataRequest, SplitData
+from fedsim.data.base import DATASETS, GENERATE, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
 from fedsim.errors import ConfigError
 
 # FedProx's generator adds 50 to the log-normal draw so that no user is (nearly) empty.
@@ -125,8 +125,7 @@ def synthetic(request: DataRequest) -> SplitData:
         n = int(counts[k])
         x = means[k] + rng.standard_normal((n, dim)) * sigma_sqrt
         y = np.argmax(x @ w + b, axis=1)
-        n_test = min(int(round(request.test_fraction * n)), n - 1)
-        n_train = n - n_test
+        n_train = _train_count(n, request.test_fraction)
         train_x.append(x[:n_train])
         train_y.append(y[:n_train])
         train_u.append(np.full(n_train, k, dtype=np.int64))
@@ -140,6 +139,23 @@ def synthetic(request: DataRequest) -> SplitData:
         num_classes=classes,
         train_users=np.concatenate(train_u),
     )
+
+
+def _train_count(n: int, test_fraction: float) -> int:
+    """A user's training examples: all but its last ``round(test_fraction · n)`` (at least one kept)."""
+    return n - min(int(round(test_fraction * n)), n - 1)
+
+
+@TRAIN_LABELS.register("synthetic")
+def synthetic_train_users(request: DataRequest) -> TrainLabels:
+    """The user id of every training example, from the example counts alone (the generator's first draws).
+
+    The labels are ``argmax`` of each user's features, so they are not drawn here (``labels`` is ``None``).
+    """
+    counts = sample_counts(request.args["samples"], request.num_clients, request.rng(GENERATE))
+    train = np.asarray([_train_count(int(n), request.test_fraction) for n in counts], dtype=np.int64)
+    users = np.repeat(np.arange(request.num_clients, dtype=np.int64), train)
+    return TrainLabels(count=len(users), labels=None, users=users)
 
 
 def sample_counts(spec: Mapping[str, Any] | None, users: int, rng: np.random.Generator) -> np.ndarray:

@@ -279,10 +279,6 @@ def draw_cohort(
     return plan, [c for c in plan.client_ids if c in up]
 
 
-ADAPTIVE_COUNT_SENSITIVITY = 0.5
-"""Sensitivity of adaptive clipping's released count Σ_i (b_i − ½) under add/remove (Andrew et al.)."""
-
-
 def mechanism_fields(scenario: Mapping[str, Any], strategy: Any, plan: RoundPlan) -> dict[str, float]:
     """The DP mechanism a round ran, for its metrics row, from the settings the workers were sent (the DP
     wrapper adds the update's ``dp_noise_std`` and ``dp_clip``): adaptive clipping's count noise and
@@ -290,14 +286,14 @@ def mechanism_fields(scenario: Mapping[str, Any], strategy: Any, plan: RoundPlan
     if scenario.get("privacy") is None:
         return {}
     from fedsim.engine.messages import train_config
-    from strategies.dp import ClientLevelDP
+    from strategies.dp import CENTRED_COUNT_SENSITIVITY, ClientLevelDP
 
     cfg = train_config(scenario, plan.config)
     if cfg.sample_dp is not None:
         dp = cfg.sample_dp
         return {"dp_noise_std": dp.noise_multiplier * dp.max_norm, "dp_clip": dp.max_norm}
     if isinstance(strategy, ClientLevelDP) and strategy.adaptive:
-        sensitivity = ADAPTIVE_COUNT_SENSITIVITY
+        sensitivity = CENTRED_COUNT_SENSITIVITY  # what the released centred count moves by (strategies.dp)
         return {"dp_count_noise_std": strategy.count_noise_std, "dp_count_sensitivity": sensitivity}
     return {}
 

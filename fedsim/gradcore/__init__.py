@@ -24,6 +24,7 @@ from fedsim.gradcore.base import (
 from fedsim.gradcore.clipping import clip_by_global_norm, global_norm
 from fedsim.gradcore.compose import repeat, reset_every
 from fedsim.gradcore.dp import (
+    GaussianNoiseState,
     add_gaussian_noise,
     clip_layers_independent,
     clip_layers_pelikan,
@@ -46,6 +47,7 @@ from fedsim.gradcore.scaling import (
 __all__ = [
     "ChainState",
     "EmptyState",
+    "GaussianNoiseState",
     "GradientTransformation",
     "OptState",
     "Params",

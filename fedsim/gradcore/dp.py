@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -168,23 +169,45 @@ def normalize_layers(*, batch_dims: int = 0) -> GradientTransformation:
     return stateless(fn)
 
 
-def add_gaussian_noise(stddev: float, *, generator: torch.Generator) -> GradientTransformation:
-    """Add i.i.d. ``N(0, stddev²)`` to every element of every tensor: the Gaussian mechanism on a clipped sum.
+class GaussianNoiseState(NamedTuple):
+    """The noise stream of ``add_gaussian_noise``: a CPU ``torch.Generator``'s state (``get_state()``, uint8)."""
 
-    The noise is drawn on the CPU from ``generator`` in float64 (:func:`gaussian_noise`), tensor by tensor in the
-    updates' order, each tensor's noise in one draw of its full shape (client axes included), then added in
-    float64, cast to the tensor's dtype and moved to its device. The generator's state *is* the mechanism's randomness: the caller owns and seeds it
-    (``secure_generator`` for real runs, ``seeded_generator`` for reproducible tests) and checkpoints it with
-    ``generator.get_state()``; the transform's own state is empty. ``stddev=0`` returns the updates unchanged and
-    draws nothing.
+    rng: torch.Tensor
+
+
+def gaussian_noise_state(generator: torch.Generator) -> GaussianNoiseState:
+    """A noise state that continues ``generator``'s stream from where it is (a copy: the generator is not used).
 
     Raises:
-        ValueError: if ``stddev`` is not a finite number >= 0 or ``generator`` is not a CPU ``torch.Generator``;
-            at update time, for a tensor that is not floating point.
+        ValueError: if ``generator`` is not a CPU ``torch.Generator``.
+    """
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator. Got {generator!r}.")
+    return GaussianNoiseState(generator.get_state())
+
+
+def add_gaussian_noise(stddev: float, *, seed: int | None = None) -> GradientTransformation:
+    """Add i.i.d. ``N(0, stddev²)`` to every element of every tensor: the Gaussian mechanism on a clipped sum.
+
+    The randomness is the transform's state (optax's habit): ``init`` starts a CPU generator from ``seed``
+    (``seeded_generator``: reproducible, NOT private) or, when ``seed`` is None, from the OS CSPRNG
+    (``secure_generator``, for real runs), and keeps its state in a ``GaussianNoiseState``; ``update`` resumes
+    the stream from the state it is given and returns the advanced state. Checkpointing the state
+    (``torch.save``) therefore captures the noise stream: resuming from it draws exactly what an uninterrupted
+    run would have drawn. ``gaussian_noise_state`` makes a state that continues an existing generator.
+
+    The noise is drawn in float64 (:func:`gaussian_noise`), tensor by tensor in the updates' order, each tensor's
+    noise in one draw of its full shape (client axes included), then added in float64, cast to the tensor's dtype
+    and moved to its device. ``stddev=0`` returns the updates and the state unchanged (nothing is drawn).
+
+    Raises:
+        ValueError: if ``stddev`` is not a finite number >= 0 or ``seed`` is not an integer in ``[0, 2**64)``; at
+            update time, for a state that is not a ``GaussianNoiseState`` or a tensor that is not floating point.
 
     References:
         Dwork & Roth, "The Algorithmic Foundations of Differential Privacy", 2014 (the Gaussian mechanism);
-        McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018, arXiv 1710.06963.
+        McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018, arXiv 1710.06963;
+        Babuschkin et al., "The DeepMind JAX Ecosystem", 2020 (optax ``add_noise``: the RNG key in the state).
     """
     try:
         sigma = float(stddev)
@@ -192,22 +215,32 @@ def add_gaussian_noise(stddev: float, *, generator: torch.Generator) -> Gradient
         sigma = math.nan
     if not 0.0 <= sigma < math.inf:
         raise ValueError(f"stddev must be a finite number >= 0. Got {stddev!r}.")
-    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator. Got {generator!r}.")
+    if seed is not None:
+        seeded_generator(seed)  # validates now, not at init
 
-    def fn(updates: Updates, params: Params | None) -> dict[str, torch.Tensor]:
+    def init(params: Params) -> GaussianNoiseState:
         del params
+        return gaussian_noise_state(secure_generator() if seed is None else seeded_generator(seed))
+
+    def update(
+        updates: Updates, state: GaussianNoiseState, params: Params | None = None
+    ) -> tuple[dict[str, torch.Tensor], GaussianNoiseState]:
+        del params
+        if not isinstance(state, GaussianNoiseState):
+            raise ValueError(f"state must be a GaussianNoiseState (from init). Got {type(state).__name__}.")
         if sigma == 0.0:
-            return dict(updates)
+            return dict(updates), state
+        generator = torch.Generator()
+        generator.set_state(state.rng)
         out = {}
         for name, u in updates.items():
             if not u.is_floating_point():
                 raise ValueError(f"tensor {name!r} must be floating point to take noise. Got {u.dtype}.")
             noised = u.detach().to("cpu", torch.float64) + gaussian_noise(u.shape, sigma, generator=generator)
             out[name] = noised.to(device=u.device, dtype=u.dtype)
-        return out
+        return out, GaussianNoiseState(generator.get_state())
 
-    return stateless(fn)
+    return GradientTransformation(init, update)
 
 
 def gaussian_noise(

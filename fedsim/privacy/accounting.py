@@ -26,20 +26,11 @@ import dp_accounting
 import numpy as np
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as opacus_rdp
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    compute_safe_domain_size,
-    discretize,
-)
 from scipy import fft
 from scipy.stats import norm
 
 from fedsim.errors import ConfigError, UnknownNameError
+from fedsim.privacy import opacus_accountants
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "pld")
 # fixed_size = a fixed-size cohort drawn without replacement
@@ -204,13 +195,13 @@ def _replace_one_rdp() -> rdp_privacy_accountant.RdpAccountant:
 def _rdp_epsilon(mech: Mechanism, delta: float) -> float:
     if mech.sampling == "fixed_size":
         return float(_replace_one_rdp().compose(_fixed_size_event(mech), mech.steps).get_epsilon(delta))
-    accountant = RDPAccountant()
+    accountant = opacus_accountants.load().accountants.RDPAccountant()
     accountant.history = [(mech.noise_multiplier, mech.sample_rate, mech.steps)]
     return float(accountant.get_epsilon(delta))
 
 
 def _prv_epsilon(mech: Mechanism, delta: float) -> float:
-    accountant = PRVAccountant()
+    accountant = opacus_accountants.load().accountants.PRVAccountant()
     accountant.history = [(mech.noise_multiplier, mech.sample_rate, mech.steps)]
     with np.errstate(divide="ignore"):  # log(0) at q = 1 inside opacus, masked out by its np.where
         return float(accountant.get_epsilon(delta))
@@ -294,13 +285,13 @@ def _rdp_sequence(mechs: Sequence[Mechanism], delta: float) -> float:
             event = _fixed_size_event(m) if m.sampling == "fixed_size" else _poisson_event(m)
             acc.compose(event, m.steps)
         return float(acc.get_epsilon(delta))
-    accountant = RDPAccountant()
+    accountant = opacus_accountants.load().accountants.RDPAccountant()
     accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechs]
     return float(accountant.get_epsilon(delta))
 
 
 def _prv_sequence(mechs: Sequence[Mechanism], delta: float) -> float:
-    accountant = PRVAccountant()
+    accountant = opacus_accountants.load().accountants.PRVAccountant()
     accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechs]
     with np.errstate(divide="ignore"):  # log(0) at q = 1 inside opacus, masked out by its np.where
         return float(accountant.get_epsilon(delta))
@@ -391,29 +382,37 @@ def _rdp_curve(mech: Mechanism, delta: float, steps: Sequence[int]) -> list[floa
         return [
             float(rdp_privacy_accountant.compute_epsilon(one.orders, one.rdp * k, delta)[0]) for k in steps
         ]
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = opacus_rdp.compute_rdp(
+    opacus = opacus_accountants.load()
+    orders = opacus.accountants.RDPAccountant.DEFAULT_ALPHAS
+    rdp = opacus.rdp.compute_rdp(
         q=mech.sample_rate, noise_multiplier=mech.noise_multiplier, steps=1, orders=orders
     )
-    return [float(opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp * k, delta=delta)[0]) for k in steps]
+    return [float(opacus.rdp.get_privacy_spent(orders=orders, rdp=rdp * k, delta=delta)[0]) for k in steps]
 
 
 def _prv_curve(mech: Mechanism, delta: float, steps: Sequence[int]) -> list[float]:
     # PRVAccountant's own pipeline, but with one discretisation shared by every k: the domain and mesh it would
     # build for max(steps) are safe (tails) and fine enough (mesh) for every smaller k, so each point keeps the
     # same eps_error/delta_error guarantee. The grid is widened to an FFT-friendly size, with create_aligned's layout.
+    analysis = opacus_accountants.load().prv
     delta_error = delta * _PRV_DELTA_ERROR_FRACTION
-    prv = PoissonSubsampledGaussianPRV(mech.sample_rate, mech.noise_multiplier)
+    prv = analysis.PoissonSubsampledGaussianPRV(mech.sample_rate, mech.noise_multiplier)
     n = max(steps)
-    half_width = compute_safe_domain_size([prv], [n], eps_error=_PRV_EPS_ERROR, delta_error=delta_error)
+    half_width = analysis.compute_safe_domain_size(
+        [prv], [n], eps_error=_PRV_EPS_ERROR, delta_error=delta_error
+    )
     mesh = _PRV_EPS_ERROR / np.sqrt(n * np.log(12 / delta_error) / 2)  # as PRVAccountant._get_domain
-    size = Domain.create_aligned(-half_width, half_width, mesh).size
+    size = analysis.Domain.create_aligned(-half_width, half_width, mesh).size
     while (size := fft.next_fast_len(size, real=True)) % 2:
         size += 1
-    domain = Domain(-(size // 2 - 1) * mesh, (size // 2) * mesh, size)
-    dprv = discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain)
+    domain = analysis.Domain(-(size // 2 - 1) * mesh, (size // 2) * mesh, size)
+    dprv = analysis.discretize(
+        analysis.TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain
+    )
     return [
-        float(compose_heterogeneous([dprv], [k]).compute_epsilon(delta, delta_error, _PRV_EPS_ERROR)[2])
+        float(
+            analysis.compose_heterogeneous([dprv], [k]).compute_epsilon(delta, delta_error, _PRV_EPS_ERROR)[2]
+        )
         for k in steps
     ]
 

@@ -64,6 +64,14 @@ TRANSFORMS: dict[str, Callable[[int], GradientTransformation]] = {
 }
 
 
+RANDOM_TRANSFORMS: dict[str, Callable[[int], GradientTransformation]] = {
+    "add_gaussian_noise": lambda bd: gradcore.add_gaussian_noise(0.1, seed=0),
+}
+"""Transforms whose randomness is their state: they join the determinism and checkpoint contracts, not the
+stacked-cohort one (a stacked cohort draws one ``[K, ...]`` tensor per name, a client loop each client's in turn)."""
+ALL = {**TRANSFORMS, **RANDOM_TRANSFORMS}
+
+
 def tree(gen: torch.Generator, lead: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
     shapes = {"w1": (5, 4), "b1": (5,), "w2": (3, 5), "b2": (3,)}
     return {k: torch.randn(*lead, *s, generator=gen) for k, s in shapes.items()}
@@ -77,22 +85,22 @@ def run(tx: GradientTransformation, params, grads_seq):
     return params, state
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_structure_and_determinism(name):
     gen = torch.Generator().manual_seed(0)
     params = tree(gen)
     grads = [tree(gen) for _ in range(4)]
-    a, _ = run(TRANSFORMS[name](0), params, grads)
-    b, _ = run(TRANSFORMS[name](0), params, grads)
+    a, _ = run(ALL[name](0), params, grads)
+    b, _ = run(ALL[name](0), params, grads)
     assert list(a) == list(params)
     assert all(a[k].shape == params[k].shape and torch.equal(a[k], b[k]) for k in params)
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_state_survives_a_checkpoint(name):
     gen = torch.Generator().manual_seed(1)
     params, grads = tree(gen), [tree(gen) for _ in range(6)]
-    tx = TRANSFORMS[name](0)
+    tx = ALL[name](0)
     straight, _ = run(tx, params, grads)
     p, state = run(tx, params, grads[:3])
     buf = io.BytesIO()

@@ -4,11 +4,10 @@ Oracles: the spec's hand-worked case (printed to 4 decimals) and its closed form
 transform applied one client at a time; for the noise, the generator's own stream and the sampling distribution of
 the standard deviation.
 
-``add_gaussian_noise`` is not in ``tests/contracts/test_transform_contracts.py``: its randomness is the caller's
-generator, held by the transform, not its (empty) state, so the contract's checkpoint test (one transform run twice,
-expecting the same result) sees a generator that has moved on, and a stacked cohort draws one ``[K, ...]`` tensor
-per name where a client loop draws each client's tensors in turn (same distribution, different order). Its
-determinism under a seed, structure and non-mutation are tested here instead.
+``add_gaussian_noise`` keeps its generator in its state, so it joins the contracts' determinism and checkpoint
+tests (``tests/contracts/test_transform_contracts.py``) but not the stacked-cohort one: a stacked cohort draws one
+``[K, ...]`` tensor per name where a client loop draws each client's tensors in turn (same distribution, different
+order).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from fedsim.gradcore import (
     secure_generator,
     seeded_generator,
 )
+from fedsim.gradcore.dp import gaussian_noise_state
 
 SETTINGS = settings(max_examples=50, deadline=None)
 REL = 1e-5  # float32 rounding of the clipped entries (the factors themselves are computed in float64)
@@ -281,16 +281,16 @@ def test_half_precision_is_scaled_up_without_overflow():
 
 def test_noise_comes_from_the_generator_in_tensor_order():
     grads = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
-    out = step(add_gaussian_noise(0.5, generator=seeded_generator(7)), grads)
+    out = step(add_gaussian_noise(0.5, seed=7), grads)
     oracle = seeded_generator(7)
     expected_a = 0.5 * torch.randn(2, 3, generator=oracle)
     expected_b = 1.0 + 0.5 * torch.randn(4, generator=oracle)
     assert list(out) == ["a", "b"]
     torch.testing.assert_close(out["a"], expected_a)
     torch.testing.assert_close(out["b"], expected_b)
-    again = step(add_gaussian_noise(0.5, generator=seeded_generator(7)), grads)
+    again = step(add_gaussian_noise(0.5, seed=7), grads)
     assert all(torch.equal(out[k], again[k]) for k in grads)
-    other = step(add_gaussian_noise(0.5, generator=seeded_generator(8)), grads)
+    other = step(add_gaussian_noise(0.5, seed=8), grads)
     assert not torch.equal(out["a"], other["a"])
     assert torch.equal(grads["a"], torch.zeros(2, 3)) and torch.equal(grads["b"], torch.ones(4))
 
@@ -299,25 +299,71 @@ def test_noise_std_and_mean_match_stddev():
     # For n i.i.d. normal draws the sample std has standard error σ/√(2n) = 0.16% of σ at n = 200k, and the mean
     # σ/√n = 0.22% of σ: a 5-standard-error band is 0.79% (inside the 1% asked) and 1.1% of σ.
     n, sigma = 200_000, 2.5
-    out = step(
-        add_gaussian_noise(sigma, generator=seeded_generator(0)), {"x": torch.zeros(n, dtype=torch.float64)}
-    )
+    out = step(add_gaussian_noise(sigma, seed=0), {"x": torch.zeros(n, dtype=torch.float64)})
     std, mean = float(out["x"].std()), float(out["x"].mean())
     assert abs(std - sigma) <= 5 * sigma / math.sqrt(2 * n) < 0.01 * sigma
     assert abs(mean) <= 5 * sigma / math.sqrt(n)
 
 
 def test_zero_stddev_is_a_no_op_that_draws_nothing():
-    gen = seeded_generator(3)
-    state = gen.get_state()
+    tx = add_gaussian_noise(0.0, seed=3)
+    state = tx.init({})
     grads = {"a": torch.randn(3)}
-    out = step(add_gaussian_noise(0.0, generator=gen), grads)
-    assert torch.equal(out["a"], grads["a"]) and torch.equal(gen.get_state(), state)
+    out, after = tx.update(grads, state, None)
+    assert torch.equal(out["a"], grads["a"]) and torch.equal(after.rng, state.rng)
+
+
+def test_the_state_carries_the_stream_and_a_checkpoint_mid_stream_resumes_it():
+    # Oracle: one generator seeded alike, drawing the same shapes in turn (float64, as gaussian_noise draws).
+    import io
+
+    tx = add_gaussian_noise(1.0, seed=11)
+    zeros = {"a": torch.zeros(3, dtype=torch.float64), "b": torch.zeros(2, 2, dtype=torch.float64)}
+    state = tx.init(zeros)
+    draws = []
+    for _ in range(2):
+        out, state = tx.update(zeros, state)
+        draws.append(out)
+    saved = io.BytesIO()
+    torch.save(state, saved)
+    straight = []
+    for _ in range(3):
+        out, state = tx.update(zeros, state)
+        straight.append(out)
+    saved.seek(0)
+    resumed = torch.load(saved, weights_only=False)
+    for expected in straight:
+        out, resumed = tx.update(zeros, resumed)
+        assert all(torch.equal(out[k], expected[k]) for k in zeros)
+    oracle = seeded_generator(11)
+    for out in draws + straight:
+        for k, v in zeros.items():
+            assert torch.equal(out[k], torch.normal(0.0, 1.0, v.shape, generator=oracle, dtype=torch.float64))
+    assert not torch.equal(draws[0]["a"], draws[1]["a"])  # the state moved on
+
+
+def test_a_state_continues_a_given_generator_without_moving_it():
+    gen = seeded_generator(5)
+    torch.randn(4, generator=gen)
+    before = gen.get_state()
+    out, _ = add_gaussian_noise(2.0).update(
+        {"x": torch.zeros(6, dtype=torch.float64)}, gaussian_noise_state(gen)
+    )
+    assert torch.equal(gen.get_state(), before)
+    assert torch.equal(out["x"], torch.normal(0.0, 2.0, (6,), generator=gen, dtype=torch.float64))
+
+
+def test_unseeded_noise_starts_from_the_os_csprng():
+    # two 63-bit seeds from the OS CSPRNG collide with probability 2**-63
+    tx = add_gaussian_noise(1.0)
+    a, _ = tx.update({"x": torch.zeros(8)}, tx.init({}))
+    b, _ = tx.update({"x": torch.zeros(8)}, tx.init({}))
+    assert not torch.equal(a["x"], b["x"])
 
 
 def test_noise_keeps_dtype_and_device():
     grads = {"h": torch.zeros(5, dtype=torch.float16), "d": torch.zeros(5, dtype=torch.float64)}
-    out = step(add_gaussian_noise(1.0, generator=seeded_generator(0)), grads)
+    out = step(add_gaussian_noise(1.0, seed=0), grads)
     assert out["h"].dtype == torch.float16 and out["d"].dtype == torch.float64
     assert out["h"].abs().sum() > 0
 
@@ -326,8 +372,8 @@ def test_noise_keeps_dtype_and_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_noise_on_a_cuda_tensor_equals_the_cpu_draw():
     grads = {"a": torch.zeros(1000, device="cuda")}
-    out = step(add_gaussian_noise(1.0, generator=seeded_generator(5)), grads)
-    cpu = step(add_gaussian_noise(1.0, generator=seeded_generator(5)), {"a": torch.zeros(1000)})
+    out = step(add_gaussian_noise(1.0, seed=5), grads)
+    cpu = step(add_gaussian_noise(1.0, seed=5), {"a": torch.zeros(1000)})
     assert out["a"].device.type == "cuda"
     assert torch.equal(out["a"].cpu(), cpu["a"])
 
@@ -360,9 +406,13 @@ def test_bad_rule_stddev_generator_seed_are_rejected():
         normalize_layers(batch_dims=-1)
     for bad in (-0.1, math.inf, math.nan, "x"):
         with pytest.raises(ValueError, match="stddev must be a finite number >= 0"):
-            add_gaussian_noise(bad, generator=seeded_generator(0))
+            add_gaussian_noise(bad, seed=0)
     with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
-        add_gaussian_noise(1.0, generator=0)
+        gaussian_noise_state(0)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        add_gaussian_noise(1.0, seed=-1)
+    with pytest.raises(ValueError, match="state must be a GaussianNoiseState"):
+        add_gaussian_noise(1.0).update({"x": torch.zeros(2)}, None)
     with pytest.raises(ValueError, match="seed"):
         seeded_generator(-1)
 
@@ -374,9 +424,7 @@ def test_noise_tail_is_not_cut_at_the_float32_box_muller_bound():
     (< 64·2^-24, ~32 expected of 2^23), float32 draws sit on the 2^-24 grid; float64 draws do not. Then a
     Gaussian tail count at 4σ (Poisson, 5 standard deviations)."""
     n = 2**24
-    noised, _ = add_gaussian_noise(1.0, generator=seeded_generator(2024)).update(
-        {"z": torch.zeros(n, dtype=torch.float32)}, None
-    )
+    noised = step(add_gaussian_noise(1.0, seed=2024), {"z": torch.zeros(n, dtype=torch.float32)})
     z = noised["z"].double().view(-1, 2, 8)
     u1 = torch.exp(-(z[:, 0] ** 2 + z[:, 1] ** 2) / 2).flatten() * 2**24
     small = u1[u1 < 64]

@@ -327,8 +327,7 @@ def test_validation_happens_before_any_accountant_is_built(accountant, monkeypat
     def boom(*args, **kwargs):
         raise AssertionError("an accountant was built before the inputs were validated")
 
-    monkeypatch.setattr(acc, "RDPAccountant", boom)
-    monkeypatch.setattr(acc, "PRVAccountant", boom)
+    monkeypatch.setattr(acc.opacus_accountants, "load", boom)  # opacus' RDPAccountant and PRVAccountant
     monkeypatch.setattr(acc.dp_accounting.pld, "PLDAccountant", boom)
     monkeypatch.setattr(acc, "_replace_one_rdp", boom)
     with pytest.raises(ConfigError, match="privacy.delta"):

@@ -53,6 +53,7 @@ def test_noise_once_on_the_sum_with_std_sigma_c_and_a_fixed_denominator():
     for _ in range(4000):
         out = s.aggregate(state, PARAMS, reduced(zero, 7))
         draws.append(torch.cat([v.flatten() for v in out.params.values()]))
+        state = out.state  # the noise stream lives in the state
     x = torch.stack(draws).double()
     want = 2.0 * 0.5 / 10  # σ·C / s, independent of the 7 that replied
     se = want / math.sqrt(2 * x.numel())  # standard error of a std estimate

@@ -9,6 +9,7 @@ sensitivity 1 and noise multiplier σ). Nothing here reuses the code's split for
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -33,32 +34,40 @@ def adaptive(cohort: int, sigma: float, *, sampling: str, seed: int = 0) -> Clie
     )
 
 
-def release(dp: ClientLevelDP, total: torch.Tensor, norms: list[float]) -> tuple[torch.Tensor, float]:
-    """(noised clipped sum, noised count) as released: read back from the new params and the new clip."""
+def release(
+    dp: ClientLevelDP, total: torch.Tensor, norms: list[float], noise: Any = None
+) -> tuple[torch.Tensor, float, Any]:
+    """(noised clipped sum, noised count) as released: read back from the new params and the new clip; and the
+    noise stream after it. A fresh state (``dp.init``) unless ``noise`` continues an earlier stream."""
     state = dp.init(PARAMS)
+    if noise is not None:
+        state = state._replace(noise=noise)
     up = ReducedUpdates({"w": total}, float(len(norms)), len(norms), tuple(norms))
     out = dp.aggregate(state, PARAMS, up)
     s = dp.cohort
     noised_sum = out.params["w"] * s  # FedAvg with lr 1: θ' = θ + noised/s, θ = 0
     # C' = C exp(−η (b̄ − γ)) => b̄ = γ − ln(C'/C)/η, and the count is s·b̄ (up to a constant shift)
     b_bar = dp.target_quantile - math.log(out.state.clip / state.clip) / dp.clip_lr
-    return noised_sum, s * b_bar
+    return noised_sum, s * b_bar, out.state.noise
 
 
 def measured_stds(cohort: int, sigma: float, sampling: str) -> tuple[float, float]:
-    """Empirical noise std of the released sum (one round, D coordinates) and count (2000 rounds)."""
+    """Empirical noise std of the released sum (one round, D coordinates) and count (2000 rounds of one stream)."""
     zero = torch.zeros(D, dtype=torch.float64)
     dp = adaptive(cohort, sigma, sampling=sampling, seed=11)
-    noised, _ = release(dp, zero, [0.5] * 3)
-    counts = [release(dp, zero, [0.5] * 3)[1] for _ in range(2000)]
+    noised, _, noise = release(dp, zero, [0.5] * 3)
+    counts = []
+    for _ in range(2000):
+        _, count, noise = release(dp, zero, [0.5] * 3, noise)
+        counts.append(count)
     return float(noised.std()), float(torch.tensor(counts, dtype=torch.float64).std())
 
 
 def normalised_shift(cohort, sigma, sampling, before, after) -> float:
     """‖(Δsum/std_sum, Δcount/std_count)‖ between two neighbouring inputs (same noise seed)."""
     std_sum, std_count = measured_stds(cohort, sigma, sampling)
-    s0, c0 = release(adaptive(cohort, sigma, sampling=sampling, seed=5), *before)
-    s1, c1 = release(adaptive(cohort, sigma, sampling=sampling, seed=5), *after)
+    s0, c0, _ = release(adaptive(cohort, sigma, sampling=sampling, seed=5), *before)
+    s1, c1, _ = release(adaptive(cohort, sigma, sampling=sampling, seed=5), *after)
     d_sum = float(torch.linalg.vector_norm(s1 - s0))
     return math.hypot(d_sum / std_sum, (c1 - c0) / std_count)
 
