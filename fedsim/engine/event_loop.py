@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ from fedsim.randomness import Stream, generator
 from strategies.asynchronous import TICKS_PER_SECOND, EventStrategy, Step, to_ticks
 
 if TYPE_CHECKING:
+    from flwr.app import Message
+
     from fedsim.engine.server import Engine, RunSummary
 
 
@@ -291,15 +294,20 @@ def run_arrival_loop(
     else:  # d_i = p_i·τ_i·Σ_j 1/τ_j needs durations: real devices have none in advance, so d_i = p_i·M
         d = [pi * m for pi in p]
     state = strategy.init(params)
-    in_flight: dict[str, tuple[int, int]] = {}
+    arrivals = Arrivals(grid, max_poll_s=engine.max_poll_s)
+    idle: set[int] = set()  # clients whose device was not connected when they were due: tried at every step
 
     def dispatch(cids: Sequence[int], version: int) -> None:
         connected = {int(n) for n in grid.get_node_ids()}
         messages = []
-        for cid in cids:
+        for cid in sorted({*cids, *idle}):
             node = owners.get(cid)
-            if node is None or node not in connected or examples[cid] == 0:
+            if examples[cid] == 0 or node is None:
                 continue
+            if node not in connected:
+                idle.add(cid)
+                continue
+            idle.discard(cid)
             task = ClientTask(cid=cid, seed=client_seed(sc.seed, version, cid), weight=d[cid], group=0)
             content = encode_train_request(
                 scenario=engine.scenario_dict, round=version, params=params, tasks=[task], round_config={}
@@ -307,17 +315,18 @@ def run_arrival_loop(
             messages.append((cid, Message(content=content, message_type=MESSAGE_TYPE_TRAIN, dst_node_id=node)))
         ids = grid.push_messages([msg for _, msg in messages])
         for (cid, _), msg_id in zip(messages, ids, strict=True):
-            in_flight[msg_id] = (cid, version)
+            arrivals.expect(msg_id, cid, version)
 
     dispatch(range(m), 0)
     summary = RunSummary(rounds=0)
     start, c = time.monotonic(), strategy.rule.buffer
     for n in range(sc.rounds):
         t0 = time.monotonic()
+        deadline = t0 + sc.engine.round_timeout_s
         buffer: list[tuple[int, int, Any]] = []
         dropped: list[int] = []
-        for reply in iter_in_flight(grid, in_flight, engine):
-            cid, version = in_flight.pop(reply.metadata.reply_to_message_id)
+        while len(buffer) < c and (arrived := arrivals.next(deadline)) is not None:
+            reply, cid, version = arrived
             if reply.has_error() and reply.error.code in UNAVAILABLE_CODES:
                 dropped.append(cid)
                 continue
@@ -330,8 +339,6 @@ def run_arrival_loop(
                 dropped.append(cid)
             else:
                 buffer.append((cid, version, result))
-            if len(buffer) >= c:
-                break
         if buffer:
             total = {k: sum(r.group_sums[0][k] for _, _, r in buffer) for k in buffer[0][2].group_sums[0]}
             agg = strategy.apply(state, params, total)
@@ -363,10 +370,33 @@ def run_arrival_loop(
     return summary
 
 
-def iter_in_flight(grid: Grid, in_flight: Mapping[str, Any], engine: Engine) -> Any:
-    """Replies to the messages in flight as they arrive, until the round deadline."""
-    from fedsim.engine.server import iter_replies
+class Arrivals:
+    """The replies to the messages in flight, handed out one at a time in the order they came.
 
-    return iter_replies(
-        grid, list(in_flight), timeout_s=engine.scenario.engine.round_timeout_s, max_poll_s=engine.max_poll_s
-    )
+    A pull hands each reply over once, and one pull can bring several; those the current step does not take
+    wait here for the next one (dropping them would lose the client: nothing would ever answer for it again).
+    """
+
+    def __init__(self, grid: Grid, *, poll_s: float = 0.005, max_poll_s: float | None = None) -> None:
+        self.grid, self.poll_s, self.max_poll_s = grid, poll_s, max_poll_s or poll_s
+        self.in_flight: dict[str, tuple[int, int]] = {}  # message id -> (client, model version it started from)
+        self.backlog: deque[Message] = deque()
+
+    def expect(self, message_id: str, cid: int, version: int) -> None:
+        self.in_flight[message_id] = (cid, version)
+
+    def next(self, deadline: float) -> tuple[Message, int, int] | None:
+        """The next reply with its (client, version); None when nothing is in flight or ``deadline`` passed."""
+        pause = self.poll_s
+        while not self.backlog:
+            if not self.in_flight or time.monotonic() >= deadline:
+                return None
+            got = [r for r in self.grid.pull_messages(sorted(self.in_flight))
+                   if r.metadata.reply_to_message_id in self.in_flight]  # fmt: skip
+            self.backlog.extend(got)
+            if not got:
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                pause = min(pause * 2, self.max_poll_s)
+        reply = self.backlog.popleft()
+        cid, version = self.in_flight.pop(reply.metadata.reply_to_message_id)
+        return reply, cid, version

@@ -262,3 +262,27 @@ def test_fedbuff_on_devices_steps_in_the_order_replies_really_arrive():
     times = [r["virtual_time_s"] for r in rows]
     assert times == sorted(times)
     assert rows[-1]["test_accuracy"] > 0.1
+
+
+def test_replies_pulled_together_each_make_a_fedbuff_step_and_none_is_lost():
+    """Two devices answer at once: one pull brings both replies; with c = 1 the second waits for the next step.
+
+    (A pull hands a reply over once: a loop that stopped reading after the first would never see the second
+    client again, and the next step would wait out its deadline with nothing.)
+    """
+    grid = RecordingGrid(devices(range(2), population=2))
+    rec = run(
+        grid,
+        {
+            "rounds": 6,
+            "population": {"clients": 2},
+            "strategy": {"name": "fedbuff", "clients_per_round": 2, "args": {"buffer": 1}},
+            "engine": {"round_timeout_s": 5},
+        },
+        placement="partition",
+    )
+    assert [(r["clients"], r["dropped"]) for r in rec.rows] == [(1, 0)] * 6, rec.rows
+    assert [r["round_wall_s"] < 4 for r in rec.rows] == [True] * 6  # no step waited out its deadline
+    # both devices keep training: each reply restarts its own client from the new model
+    started = sorted(c for _, _, cids in grid.clients_sent for c in cids)
+    assert started.count(0) >= 3 and started.count(1) >= 3
