@@ -42,7 +42,7 @@ from fedsim.engine.placement import NodeIdentity, assign, partition_owners, read
 from fedsim.engine.placement import shard as shard  # re-exported: the stable sharding rule
 from fedsim.engine.profiles import DeviceProfiles
 from fedsim.engine.protocol import ClientTask, WorkerResult
-from fedsim.engine.setup import build_data, build_initial_model, cohort_seed, noise_generator
+from fedsim.engine.setup import build_data, build_initial_model, cohort_seed, evaluation_data, noise_generator
 from fedsim.errors import ConfigError, EngineError
 from fedsim.privacy.release import release_row
 from fedsim.randomness import Stream, derive_int, generator
@@ -370,7 +370,7 @@ class Engine:
         nodes = wait_for_workers(grid, expected=self.expected_workers, timeout_s=sc.engine.register_timeout_s)
         # Workers import, build their data and model while the server builds its own (start-up in parallel).
         pending = self._ask_to_prepare(grid, nodes)
-        data: FederatedData = build_data(sc)
+        data: FederatedData = evaluation_data(build_data(sc), sc)
         model = build_initial_model(sc, data)
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model_bytes = sum(v.numel() * v.element_size() for v in params.values())

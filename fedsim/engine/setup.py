@@ -3,6 +3,8 @@ run's seeds that are not public (DP noise, DP cohorts)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -18,6 +20,14 @@ def build_data(scenario: Scenario) -> FederatedData:
     """The partitioned dataset of the scenario (deterministic in ``scenario.seed``), from the machine's data
     cache when another process (or an earlier run) already built it (``fedsim.engine.data_cache``)."""
     return cached(scenario, lambda: load_data(scenario))
+
+
+def evaluation_data(data: FederatedData, scenario: Scenario) -> FederatedData:
+    """``data`` with its central test set cut to the first ``evaluation.test_examples`` examples (if set)."""
+    n = scenario.evaluation.test_examples
+    if n is None or n >= len(data.test_y):
+        return data
+    return dataclasses.replace(data, test_x=data.test_x[:n], test_y=data.test_y[:n])
 
 
 def load_data(scenario: Scenario) -> FederatedData:

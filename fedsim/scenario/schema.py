@@ -364,6 +364,9 @@ class EngineConfig(_Frozen):
 
 class EvaluationConfig(_Frozen):
     every: int = Field(default=1, ge=1)
+    # Central evaluation on the first N examples of the test set (None: all of it): a fixed subset, the same at
+    # every evaluation, for runs where evaluating every node or round on the whole set costs more than training.
+    test_examples: int | None = Field(default=None, ge=1)
 
 
 class OutputConfig(_Frozen):

@@ -67,3 +67,4 @@ class MemoryRecorder:
 
     def save_checkpoint(self, *, round, params, strategy_state, final=False):
         self.checkpoints.append(round)
+        self.final_params = params

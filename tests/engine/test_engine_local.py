@@ -136,3 +136,25 @@ def test_a_worker_that_cannot_prepare_stops_the_run_with_its_reason():
 
     with pytest.raises(EngineError, match="failed to prepare: no data here"):
         run(grid=BrokenPrepare([11, 22]))
+
+
+def test_evaluation_test_examples_evaluates_the_first_n_of_the_test_set_and_changes_no_training():
+    """The whole test set against its first 7 examples: the same training (losses), the accuracy of the first 7
+    (a multiple of 1/7) equal to evaluating the same final model on them by hand."""
+    import torch
+
+    from fedsim.engine.server import evaluate
+    from fedsim.engine.setup import build_data, build_initial_model
+
+    few = {"rounds": 1, "evaluation": {"test_examples": 7}}
+    _, full, _ = run({"rounds": 1})
+    _, cut, _ = run(few)
+    assert [r["train_loss"] for r in cut.rows] == [r["train_loss"] for r in full.rows]
+    sc = parse_scenario({**SMALL, **few})
+    data = build_data(sc)
+    model = build_initial_model(sc, data)
+    model.load_state_dict(cut.final_params)
+    loss, acc = evaluate(model, data.test_x[:7], data.test_y[:7])
+    assert cut.rows[-1]["test_accuracy"] == acc and round(acc * 7, 9) == int(round(acc * 7))
+    assert cut.rows[-1]["test_loss"] == pytest.approx(loss)
+    assert len(data.test_y) > 7 and torch.is_tensor(data.test_x)
