@@ -65,4 +65,8 @@ def test_flwr_run_dot_runs_the_scenario(tmp_path):
     (run_dir,) = list((out_dir / "e2e-small").iterdir())
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert (run_dir / "report.md").is_file() and (run_dir / "model.pt").is_file()
+    assert all(r["clients"] == 8 and r["dropped"] == 0 for r in rows)
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"], [r["test_accuracy"] for r in rows]
+    for name in ("scenario.yaml", "report.md", "model.pt", "plots/metrics.png", "checkpoints/round-3.pt"):
+        assert (run_dir / name).is_file(), name
+    assert "plots/metrics.png" in (run_dir / "report.md").read_text()

@@ -1,6 +1,8 @@
 """End to end through Flower's Ray simulation: the CLI runs a small scenario and writes the results folder.
 
-These start Ray (15-20 s each), so there are few of them.
+These start Ray (15-20 s each), so there are few of them: here gossip (node models kept on the Ray workers);
+the FedAvg family with client-level DP in test_backends_e2e.py, DIFF2 in test_diff2_e2e.py, ``flwr run .`` in
+test_flower_app.py.
 """
 
 from __future__ import annotations
@@ -27,40 +29,6 @@ def fedsim_run(scenario: str, output: Path) -> str:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
-
-
-def test_fedsim_run_three_rounds_through_flower_and_ray(tmp_path):
-    last = fedsim_run("tests/e2e/small.yaml", tmp_path)
-    assert "test_accuracy=" in last and "results=" in last
-    run_dir = Path(last.split("results=")[1])
-    assert run_dir.parent == tmp_path / "e2e-small"
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2, 3]
-    assert all(r["clients"] == 8 and r["dropped"] == 0 for r in rows)
-    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"], [r["test_accuracy"] for r in rows]
-    for name in ("scenario.yaml", "report.md", "model.pt", "plots/metrics.png", "checkpoints/round-3.pt"):
-        assert (run_dir / name).is_file(), name
-    assert "plots/metrics.png" in (run_dir / "report.md").read_text()
-
-
-def test_fedsim_run_of_a_dp_scenario_writes_what_it_spent(tmp_path):
-    last = fedsim_run("tests/e2e/small-dp.yaml", tmp_path)
-    assert "epsilon_rdp=" in last and "epsilon_pld=" in last
-    run_dir = Path(last.split("results=")[1])
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    eps = [r["epsilon_rdp"] for r in rows]
-    assert len(eps) == 3 and eps[0] < eps[1] < eps[2]
-    clips = [r["dp_clip"] for r in rows]
-    assert clips[0] == 0.5 and clips[1] != 0.5  # adaptive: the server moved the bound between rounds
-    assert all(0.0 <= r["dp_clipped_fraction"] <= 1.0 and r["dp_norm_p50"] > 0 for r in rows)
-    rec = json.loads((run_dir / "privacy.json").read_text())
-    assert rec["source"] == "run" and rec["rounds_run"] == 3 and rec["per_layer"] == "adaptive"
-    assert rec["epsilon"]["rdp"] == pytest.approx(eps[-1]) and set(rec["epsilon"]) == {"rdp", "pld"}
-    assert rec["measured_clipping"]["rounds"] == 3
-    md = (run_dir / "privacy.md").read_text()
-    assert "Measured clipping (this run)" in md and "NOT PRIVATE" not in md
-    assert (run_dir / "plots" / "privacy_epsilon.png").is_file()
-    assert "privacy: client-level DP" in (run_dir / "report.md").read_text()
 
 
 def test_fedsim_run_of_a_gossip_scenario_keeps_node_models_on_the_ray_workers(tmp_path):
