@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fedsim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+fedsim = run_cli  # in process: see tests/cli_helpers.py
 
 
 def test_help_lists_the_commands():

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fedsim(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+fedsim = run_cli  # in process: see tests/cli_helpers.py
 
 
 def fake_run(folder: Path, accs: list[float], dt: float) -> Path:

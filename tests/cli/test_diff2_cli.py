@@ -4,21 +4,17 @@ of mechanisms, and bad settings as one line with exit code 2."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedsim.privacy.accounting import Mechanism, epsilon_of_sequence
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fedsim(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+fedsim = run_cli  # in process: see tests/cli_helpers.py
 
 
 def test_privacy_report_of_the_diff2_scenario_lists_the_mechanisms_and_meets_the_target(tmp_path):

@@ -4,12 +4,12 @@ one-line errors with exit code 2 before anything runs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,10 +24,7 @@ strategy: {clients_per_round: 10}
 )
 
 
-def fedsim(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+fedsim = run_cli  # in process: see tests/cli_helpers.py
 
 
 def test_report_from_the_scenario_alone_reproduces_the_spec_example(tmp_path):

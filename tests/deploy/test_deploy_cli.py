@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from deploy_helpers import TINY, fedsim
+from deploy_helpers import TINY
 
 from fedsim.deploy.pki import make_server_certificates
+from tests.cli_helpers import run_cli as fedsim  # in process: nothing here needs a process of its own
 
 
 def one_error_line(out) -> str:

@@ -11,7 +11,7 @@ import pytest
 from fedsim.errors import ConfigError
 from fedsim.scenario import load_scenario
 from fedsim.scenario.checks import BYTES_PER_CLIENT, WORKERS_PER_CORE, check_population, check_workers
-from tests.scenario.cli_helpers import assert_one_line_user_error, fedsim_cli
+from tests.cli_helpers import assert_one_line_user_error, fedsim_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.scenario.cli_helpers import assert_one_line_user_error, fedsim_cli
+from tests.cli_helpers import assert_one_line_user_error, fedsim_cli
 
 
 def base(out_dir: str) -> dict[str, Any]:

@@ -1,13 +1,21 @@
-"""Run the ``fedsim`` console entry point in this process and capture what a user sees."""
+"""Run the ``fedsim`` console entry point in this process and capture what a user sees.
+
+In process, a command costs what it does, not a Python start and fedsim's imports (2-3 s each on a 2-core CI
+machine). Tests that check what a fresh process imports, or how it ends on a signal, start one instead.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,14 @@ def fedsim_cli(*args: str) -> Outcome:
     finally:
         sys.argv = saved
     return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``fedsim ARGS`` in process, run from ``cwd`` (the repository root), reported as
+    ``subprocess.run(..., capture_output=True, text=True)`` would: ``returncode``, ``stdout``, ``stderr``."""
+    with contextlib.chdir(cwd):
+        outcome = fedsim_cli(*args)
+    return subprocess.CompletedProcess(["fedsim", *args], outcome.code, outcome.out, outcome.err)
 
 
 def assert_one_line_user_error(outcome: Outcome, *must_contain: str) -> None:
