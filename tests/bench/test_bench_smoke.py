@@ -17,13 +17,14 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_engine_vs_flower_floor_arm_on_both_workloads(tmp_path):
     out = tmp_path / "r.json"
-    common = ["--population", "40", "--clients-per-round", "8", "--reps", "1", "--skip", "fedsim", "flower"]
-    for workload in (["--workload", "cpu"], ["--workload", "gpu", "--device", "cpu"]):
-        proc = bench("engine_vs_flower.py", *workload, *common, "--out", str(out))
+    common = ["--population", "40", "--reps", "1", "--skip", "fedsim", "flower"]
+    # the GPU shape (a 1.6 M-parameter CNN on 3x32x32) runs on the CPU here: 2 clients keep it to seconds
+    for workload, cohort in ((["--workload", "cpu"], "8"), (["--workload", "gpu", "--device", "cpu"], "2")):
+        proc = bench("engine_vs_flower.py", *workload, *common, "--clients-per-round", cohort, "--out", str(out))
         assert proc.returncode == 0, proc.stderr[-2000:]
         floor = json.loads(out.read_text())["runs"][0]["floor"]
         assert floor["vectorized_s"] > 0 and floor["sequential_s"] > 0
-        assert "| 8 | - | - |" in proc.stdout  # the table row, with the skipped arms shown as "-"
+        assert f"| {cohort} | - | - |" in proc.stdout  # the table row, with the skipped arms shown as "-"
 
 
 def test_chunk_size_sweep():
