@@ -50,7 +50,7 @@ from fedsim.engine.worker import training_device  # noqa: E402
 from fedsim.scenario import Scenario, parse_scenario  # noqa: E402
 
 WORKLOADS: dict[str, dict[str, Any]] = {
-    # DESIGN.md's CPU shape: MLP 784-64-10, 32 samples per client, 4 SGD steps of batch 8, 10 000 clients.
+    # The reference CPU shape: MLP 784-64-10, 32 samples per client, 4 SGD steps of batch 8, 10 000 clients.
     "cpu": {
         "population": 10_000,
         "data": {"shape": [784], "samples_per_client": 32},

@@ -29,7 +29,7 @@ fedsim = run_cli  # in process: see tests/cli_helpers.py
 
 def test_report_from_the_scenario_alone_reproduces_the_spec_example(tmp_path):
     # The spec's example report: q 0.01, σ 1.1, 10 000 rounds, δ 1e-5 -> RDP 5.632, PLD 5.193, PRV 5.203
-    # (specs/privacy.md, computed with opacus 1.6 / dp-accounting 0.6).
+    # (the privacy spec's worked example, computed with opacus 1.6 / dp-accounting 0.6).
     sc = tmp_path / "s.yaml"
     sc.write_text(BASE + "privacy: {level: client, clip: 1.0, noise_multiplier: 1.1, delta: 1.0e-5}\n")
     out_dir = tmp_path / "report"

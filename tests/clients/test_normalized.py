@@ -1,6 +1,6 @@
 """SCALE, SWAN and SinkGD: the spec's worked numbers, their invariants, stacking, and training a small MLP.
 
-Oracles: the worked numbers of the optimizer spec (specs/optimizers.md, hand-computed), a float64 SVD polar factor for the
+Oracles: the worked numbers of the optimizer spec (hand-computed), a float64 SVD polar factor for the
 whitening, explicit per-client loops for the stacked chains, and the SCALE reference code's formulas written out.
 """
 

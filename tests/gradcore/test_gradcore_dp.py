@@ -67,7 +67,7 @@ def close4(actual: torch.Tensor, printed: list[float]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The spec's worked case: C = 1, layers [3, 4, 0] and [0.1] (docs: specs/privacy.md, "Clipping modes")
+# The worked case: C = 1, layers [3, 4, 0] and [0.1], every clipping mode computed by hand
 # --------------------------------------------------------------------------------------------------------------
 
 WORKED = {"a": t(3, 4, 0), "b": t(0.1)}
