@@ -131,8 +131,9 @@ def privacy(
     from fedsim.privacy.report import NOT_PRIVATE, privacy_record, write_privacy_report
     from fedsim.scenario import load_scenario
 
-    # Client level needs neither data nor the registries (whose imports, torch among them, would take most of
-    # the command's seconds): the schema is checked; other levels are validated in full (it builds nothing).
+    # Client level needs no data: the schema and the choices' arguments are checked (the registries declare them
+    # without torch), not the registered names, whose check imports the strategies and optimizers (torch among
+    # them, seconds of the command's time); other levels are validated in full (it builds nothing).
     sc = load_scenario(scenario, check_names=False)
     if sc.privacy is None or sc.privacy.level != "client":
         sc = load_scenario(scenario)

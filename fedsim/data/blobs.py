@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from fedsim.argspec import ArgSpec, declares, integers, num
 from fedsim.data.base import DATASETS, GENERATE, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
 from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where the examples are drawn: validating a scenario needs none (fedsim.data)
+    import torch
 
 # Guard against a typo asking for terabytes: 4e9 float32 values are 16 GB.
 MAX_VALUES = 4 * 10**9
@@ -102,6 +104,8 @@ def _labels(
     request: DataRequest, s: _Settings
 ) -> tuple[torch.Generator, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The draws up to the training labels: generator, centers, the test set (x, y), the training labels."""
+    import torch
+
     gen = torch.Generator().manual_seed(int(request.rng(GENERATE).integers(2**63)))
     centers = torch.randn((s.classes, *s.shape), generator=gen, dtype=torch.float32)
     test_y = _draw_labels(s.test_samples, s.classes, gen)
@@ -112,11 +116,15 @@ def _labels(
 
 def _draw_labels(n: int, classes: int, gen: torch.Generator) -> torch.Tensor:
     """``n`` labels uniform over the classes (drawn before the examples' noise)."""
+    import torch
+
     return torch.randint(classes, (n,), generator=gen, dtype=torch.int64)
 
 
 def _features(y: torch.Tensor, centers: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
     """The examples of labels ``y``: ``center[y] + noise · N(0, I)``, built in place in one float32 tensor."""
+    import torch
+
     n = len(y)
     x = torch.randn((n, *centers.shape[1:]), generator=gen, dtype=torch.float32).mul_(noise)
     rows = max(1, _CHUNK_VALUES // centers[0].numel())

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedsim.argspec import ArgSpec, spec_of
 from fedsim.data._args import check_number
@@ -28,6 +27,9 @@ from fedsim.data.base import (
 from fedsim.data.partitioners import PARTITIONERS, partition_arrays, resolve_partitioner_args
 from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:  # imported where tensors are made: validating a scenario needs none (fedsim.data)
+    import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +72,8 @@ class FederatedData:
 
     def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client ``cid``'s examples ``(x, y)`` (new tensors; the pooled ones are not shared)."""
+        import torch
+
         # Copy the few indices: torch.from_numpy of the read-only view would share (and warn about) it.
         idx = torch.from_numpy(self.partitions[self._check(cid)].copy())
         return self.train_x[idx], self.train_y[idx]
@@ -238,6 +242,8 @@ def load_federated_data(
             rng=request.rng(PARTITION),
             dataset=dataset,
         )
+    import torch
+
     y_dtype = np.float32 if regression else np.int64
     return FederatedData(
         train_x=torch.from_numpy(np.ascontiguousarray(split.train_x, dtype=np.float32)),

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
 from fedsim.models.registry import MODELS
 
-
-class _Reshape(nn.Module):
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _conv_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -48,10 +40,15 @@ def cnn(*, input_shape: tuple[int, ...], num_classes: int, channels: int = 16, h
         raise ConfigError(
             "model.args", "channels >= 1 and hidden >= 1", {"channels": channels, "hidden": hidden}
         )
+    import torch
+    from torch import nn
+
+    from fedsim.models.layers import Reshape
+
     shape = _conv_shape(tuple(input_shape))
     conv, pool = (nn.Conv2d, nn.MaxPool2d) if len(shape) == 3 else (nn.Conv1d, nn.MaxPool1d)
     body = nn.Sequential(
-        _Reshape(shape),
+        Reshape(shape),
         conv(shape[0], channels, 3, padding=1),
         nn.ReLU(),
         pool(2),

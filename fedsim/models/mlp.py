@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
 from fedsim.models.registry import MODELS
 
-ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus}
+if TYPE_CHECKING:
+    from torch import nn
+
+ACTIVATIONS = {"relu": "ReLU", "softplus": "Softplus"}
+"""``activation`` names and their ``torch.nn`` classes (by name: torch is imported when the model is built)."""
 
 
 @MODELS.register("mlp")
@@ -33,9 +36,11 @@ def mlp(
         raise ConfigError("model.args.hidden", "a list of integers >= 1", list(hidden))
     if activation not in ACTIVATIONS:
         raise ConfigError("model.args.activation", f"one of {', '.join(ACTIVATIONS)}", activation)
+    from torch import nn
+
     widths = [math.prod(input_shape), *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
     for a, b in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(a, b), getattr(nn, ACTIVATIONS[activation])()]
     layers.append(nn.Linear(widths[-1], num_classes))
     return nn.Sequential(*layers)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from fedsim.argspec import ArgSpec, choice, integers, num
 from fedsim.errors import ConfigError
 from fedsim.registry import Registry
 
-ModelFactory = Callable[..., nn.Module]
+if TYPE_CHECKING:  # imported by the builders: the declarations here must import without torch (fedsim.models)
+    from torch import nn
+
+ModelFactory = Callable[..., "nn.Module"]
 MODELS: Registry[ModelFactory] = Registry("model.name")
 
 MODEL_ARGS: dict[str, ArgSpec] = {
@@ -76,6 +76,8 @@ def build_model(
     The factory receives ``input_shape`` and ``num_classes`` plus the scenario's ``model.args`` resolved by the
     model's spec (``MODEL_ARGS``); a bad argument is a :class:`ConfigError` naming ``model.args.<key>``.
     """
+    import torch
+
     factory = MODELS.get(name)
     args = resolve_model_args(name, args)
     if seed is None:

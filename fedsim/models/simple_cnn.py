@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
 from fedsim.models.registry import MODELS
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @MODELS.register("simple_cnn")
@@ -31,6 +33,9 @@ def simple_cnn(
     for field, p in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"model.args.{field}", "a probability in [0, 1)", p)
+    import torch
+    from torch import nn
+
     body = nn.Sequential(
         nn.Conv2d(input_shape[0], 32, 3),
         nn.ReLU(),

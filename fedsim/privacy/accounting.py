@@ -10,6 +10,10 @@ what every accountant handles. ``fixed_size`` (a cohort of round(q·N) drawn wit
 adjacency) is accounted only by ``rdp``, through dp_accounting's ``SampledWithoutReplacementDpEvent``; asking another
 accountant for it is an error, never a silent Poisson assumption. Replacing one client moves a clipped sum by up to
 2C, so that accountant is given σ/2 (dp_accounting 0.6 does not halve it itself: google/differential-privacy #378).
+
+Imports: dp_accounting (which imports scipy.signal, scipy.optimize and scipy.stats) and scipy are imported by the
+functions that use them, so a report asks only for what its accountants need (an ``rdp``-only client-level report
+loads neither dp_accounting nor scipy.signal).
 """
 
 from __future__ import annotations
@@ -20,17 +24,16 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
 import numpy as np
-from dp_accounting.pld import privacy_loss_distribution
-from dp_accounting.rdp import rdp_privacy_accountant
-from scipy import fft
-from scipy.stats import norm
 
 from fedsim.errors import ConfigError, UnknownNameError
 from fedsim.privacy import opacus_accountants
+
+if TYPE_CHECKING:
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "pld")
 # fixed_size = a fixed-size cohort drawn without replacement
@@ -160,6 +163,8 @@ def truncation_delta(mech: Mechanism, bound: float = FLOAT64_NOISE_BOUND) -> flo
     This is the one-coordinate form of the privacy spec (the shift along one axis of the noise); fedsim draws in
     float64, where it is ~1e-12 or less for the shipped scenarios.
     """
+    from scipy.stats import norm
+
     mech.validate()
     shift = (2.0 if mech.sampling == "fixed_size" else 1.0) / mech.noise_multiplier
     per_step = float(norm.sf(bound - shift) - norm.sf(bound))
@@ -170,6 +175,8 @@ def truncation_delta(mech: Mechanism, bound: float = FLOAT64_NOISE_BOUND) -> flo
 
 
 def _poisson_event(mech: Mechanism) -> dp_accounting.DpEvent:
+    import dp_accounting
+
     return dp_accounting.PoissonSampledDpEvent(
         mech.sample_rate, dp_accounting.GaussianDpEvent(mech.noise_multiplier)
     )
@@ -179,11 +186,16 @@ def _fixed_size_event(mech: Mechanism) -> dp_accounting.DpEvent:
     # Under replace-one adjacency a clipped sum moves by up to 2C, while dp_accounting 0.6 feeds
     # GaussianDpEvent.noise_multiplier (= noise std / C) into formulas normalised by the L2 sensitivity;
     # hence σ/2 (google/differential-privacy issue #378, open at 0.6).
+    import dp_accounting
+
     gaussian = dp_accounting.GaussianDpEvent(mech.noise_multiplier / 2)
     return dp_accounting.SampledWithoutReplacementDpEvent(mech.population, mech.cohort, gaussian)
 
 
 def _replace_one_rdp() -> rdp_privacy_accountant.RdpAccountant:
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     return rdp_privacy_accountant.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
     )
@@ -236,7 +248,9 @@ def _check_pld_size(mech: Mechanism) -> None:
 
 
 def _pld_epsilon(mech: Mechanism, delta: float) -> float:
-    accountant = dp_accounting.pld.PLDAccountant()
+    from dp_accounting.pld import PLDAccountant
+
+    accountant = PLDAccountant()
     return float(accountant.compose(_poisson_event(mech), mech.steps).get_epsilon(delta))
 
 
@@ -298,10 +312,13 @@ def _prv_sequence(mechs: Sequence[Mechanism], delta: float) -> float:
 
 
 def _pld_sequence(mechs: Sequence[Mechanism], delta: float) -> float:
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
     event = dp_accounting.ComposedDpEvent(
         [dp_accounting.SelfComposedDpEvent(_poisson_event(m), m.steps) for m in mechs]
     )
-    return float(dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(delta))
+    return float(PLDAccountant().compose(event).get_epsilon(delta))
 
 
 _SEQUENCE: dict[str, Callable[[Sequence[Mechanism], float], float]] = {
@@ -329,6 +346,8 @@ def epsilon_of_sequence(accountant: str, mechanisms: Sequence[Mechanism], delta:
 
 def _pld_sequence_curve(prefixes: Sequence[Sequence[Mechanism]], delta: float) -> list[float]:
     # Each distinct one-step PLD built once (10x coarser grid, as _pld_curve), then self-composed per count.
+    from dp_accounting.pld import privacy_loss_distribution
+
     ones: dict[tuple[float, float], Any] = {}
     out = []
     for mechs in prefixes:
@@ -378,6 +397,8 @@ def sequence_curve(accountant: str, prefixes: Sequence[Sequence[Mechanism]], del
 def _rdp_curve(mech: Mechanism, delta: float, steps: Sequence[int]) -> list[float]:
     # RDP composes additively: one step's RDP at every order, scaled by k (bit-identical to the accountants).
     if mech.sampling == "fixed_size":
+        from dp_accounting.rdp import rdp_privacy_accountant
+
         one = _replace_one_rdp().compose(_fixed_size_event(mech))
         return [
             float(rdp_privacy_accountant.compute_epsilon(one.orders, one.rdp * k, delta)[0]) for k in steps
@@ -394,6 +415,8 @@ def _prv_curve(mech: Mechanism, delta: float, steps: Sequence[int]) -> list[floa
     # PRVAccountant's own pipeline, but with one discretisation shared by every k: the domain and mesh it would
     # build for max(steps) are safe (tails) and fine enough (mesh) for every smaller k, so each point keeps the
     # same eps_error/delta_error guarantee. The grid is widened to an FFT-friendly size, with create_aligned's layout.
+    from scipy import fft
+
     analysis = opacus_accountants.load().prv
     delta_error = delta * _PRV_DELTA_ERROR_FRACTION
     prv = analysis.PoissonSubsampledGaussianPRV(mech.sample_rate, mech.noise_multiplier)
@@ -409,16 +432,31 @@ def _prv_curve(mech: Mechanism, delta: float, steps: Sequence[int]) -> list[floa
     dprv = analysis.discretize(
         analysis.TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain
     )
+    spectrum = fft.rfft(dprv.pmf)  # one transform for every k (compose_heterogeneous would redo it per k)
+    eps_error = _PRV_EPS_ERROR
     return [
-        float(
-            analysis.compose_heterogeneous([dprv], [k]).compute_epsilon(delta, delta_error, _PRV_EPS_ERROR)[2]
-        )
+        float(_self_composed(analysis, dprv, spectrum, k).compute_epsilon(delta, delta_error, eps_error)[2])
         for k in steps
     ]
 
 
+def _self_composed(analysis: Any, dprv: Any, spectrum: np.ndarray, k: int) -> Any:
+    """``compose_heterogeneous([dprv], [k])`` of opacus (its ``_compose_fourier``, step for step, so bit-identical)
+    given ``spectrum = rfft(dprv.pmf)``."""
+    from scipy import fft
+
+    pmf = fft.irfft(spectrum**k)
+    m = k - 1
+    if k % 2 == 0:
+        m += len(pmf) // 2
+    domain = dprv.domain.shift_right(dprv.domain.shifts * (k - 1))
+    return analysis.DiscretePRV(pmf=np.roll(pmf, m), domain=domain)
+
+
 def _pld_curve(mech: Mechanism, delta: float, steps: Sequence[int]) -> list[float]:
     # What PLDAccountant does for a Poisson-sampled Gaussian, with the one-step PLD built once.
+    from dp_accounting.pld import privacy_loss_distribution
+
     one = privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=mech.noise_multiplier,
         sampling_prob=mech.sample_rate,

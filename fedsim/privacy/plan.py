@@ -131,9 +131,13 @@ def scenario_client_sizes(scenario: Scenario) -> list[int]:
     """Every client's number of training examples: without the examples where the dataset allows
     (``fedsim.data.sizes``), else from the partition built (or read from the machine's data cache)."""
     from fedsim.data.sizes import client_sizes  # imported here: client-level plans need no data
-    from fedsim.engine.setup import build_data
 
-    return [int(n) for n in client_sizes(scenario, build=lambda: build_data(scenario))]
+    def build() -> object:  # torch and the data cache: only when the sizes need the examples
+        from fedsim.engine.setup import build_data
+
+        return build_data(scenario)
+
+    return [int(n) for n in client_sizes(scenario, build=build)]
 
 
 def plan_from_scenario(scenario: Scenario, client_sizes: Sequence[int] | None = None) -> PrivacyPlan:

@@ -30,9 +30,9 @@ def resolve_choices(scenario: Scenario) -> tuple[Scenario, list[str]]:
 
     An unknown choice name is left for the name check (``check_scenario``), which lists the known names.
     """
+    # The registries' declarations import without torch (fedsim.data, fedsim.models); gossip only when it is used.
     from fedsim.data.federated import resolve_dataset_args
     from fedsim.data.partitioners import resolve_partitioner_args
-    from fedsim.gossip.topology import resolve_topology_args
     from fedsim.models.registry import resolve_model_args
 
     problems: list[str] = []
@@ -59,6 +59,8 @@ def resolve_choices(scenario: Scenario) -> tuple[Scenario, list[str]]:
     model = m.model_copy(update={"args": attempt(lambda: resolve_model_args(m.name, m.args), m.args)})
     update: dict[str, Any] = {"data": data, "model": model}
     if scenario.gossip is not None:
+        from fedsim.gossip.topology import resolve_topology_args
+
         t = scenario.gossip.topology
         topology = t.model_copy(
             update={"args": attempt(lambda: resolve_topology_args(t.kind, t.args), t.args)}

@@ -61,10 +61,10 @@ def test_after_the_real_import_the_loader_uses_the_real_modules():
     assert out.strip() == "True"
 
 
-def test_client_level_report_imports_neither_opacus_training_stack_nor_pyplot(tmp_path):
+def test_client_level_report_imports_neither_opacus_training_stack_nor_pyplot_nor_torch(tmp_path):
     # What made `fedsim privacy` slow: opacus' package __init__ (its PrivacyEngine, samplers and torch.distributed),
-    # the strategies and pyplot. (torch itself comes with the scenario's dataset registry, which fills in the
-    # chosen dataset's defaults.)
+    # the strategies, pyplot, and torch itself (through the dataset and model registries, which fill in the chosen
+    # dataset's and model's defaults; they import torch only where tensors are made, tests/privacy/test_light_imports.py).
     sc = tmp_path / "s.yaml"
     sc.write_text(
         "name: p\nrounds: 50\npopulation: {clients: 100}\nstrategy: {clients_per_round: 10}\n"
@@ -78,7 +78,7 @@ def test_client_level_report_imports_neither_opacus_training_stack_nor_pyplot(tm
         from fedsim.cli import app
         res = CliRunner().invoke(app, ["privacy", {str(sc)!r}, "-o", {str(tmp_path / "r")!r}])
         assert res.exit_code == 0, res.output
-        print(sorted(m for m in ("opacus.privacy_engine", "matplotlib.pyplot", "strategies", "datasets", "flwr") if m in sys.modules))
+        print(sorted(m for m in ("opacus.privacy_engine", "matplotlib.pyplot", "strategies", "datasets", "flwr", "torch") if m in sys.modules))
         """
     )
     assert out.strip() == "[]"
