@@ -18,6 +18,7 @@ loads neither dp_accounting nor scipy.signal).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -277,6 +278,13 @@ def epsilon(accountant: str, mech: Mechanism, delta: float) -> float:
         arXiv 2207.04380 (``pld``, dp_accounting ``PLDAccountant``).
     """
     _validate(accountant, mech, delta)
+    return _epsilon_of(accountant, mech, delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_of(accountant: str, mech: Mechanism, delta: float) -> float:
+    """The accountants are pure functions of (mechanism, δ) and take up to seconds: a run's plan, its report and
+    a sample-level worst-group search ask for the same values, which are computed once per process."""
     return _EPSILON[accountant](mech, delta)
 
 
