@@ -3,7 +3,7 @@
 Clients are bucketed by their number of local steps; each bucket is cut into chunks that fit the worker's
 memory budget, and a chunk's parameters are stacked ``[K, ...]``. Each step, one gather pulls every client's
 mini-batch out of the pooled training tensors (``[K, B, ...]``, padded and masked where a client's last batch is
-short), one ``vmap(grad_and_value(loss))`` call gives every client's gradient, and the client optimizer — a
+short), one vmapped forward and one autograd backward give every client's gradient, and the client optimizer — a
 gradient-core chain equal to the ``torch.optim`` one (``clients.optimizers.chains``) — steps the whole stack at
 once. Shuffling uses the same per-client generator draws as the sequential path, so the two agree to float
 tolerance.
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
@@ -90,13 +90,25 @@ def batch_plan(
     return rows, mask
 
 
-def _masked_loss(model: nn.Module):
-    def loss_fn(p, x, y, mask):
-        logits = functional_call(model, p, (x,))
-        per_example = nn.functional.cross_entropy(logits, y, reduction="none")
-        return (per_example * mask).sum() / mask.sum()
+def _stacked_grads(model: nn.Module):
+    """``(params, x, y, mask) -> (grads, losses)`` for K stacked clients: the forward pass vmapped over clients,
+    the backward pass plain autograd of the sum of the clients' masked mean losses (separable, so row k of each
+    gradient is client k's). ``vmap(grad_and_value(loss))`` computes the same to float rounding (a batched GEMM
+    may sum in another order) but is slower per step (functorch's wrapping layers), and ``torch.func.grad``
+    imports ``torch._dynamo`` (~1 s of start-up)."""
+    forward = vmap(lambda p, x: functional_call(model, p, (x,)))
 
-    return loss_fn
+    def grads_and_losses(params, x, y, mask):
+        leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
+        logits = forward(leaves, x)
+        per_example = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        losses = (per_example.view(mask.shape) * mask).sum(1) / mask.sum(1)
+        grads = torch.autograd.grad(
+            losses.sum(), list(leaves.values()), allow_unused=True, materialize_grads=True
+        )  # an unused parameter gets zeros, as under ``torch.func.grad``
+        return dict(zip(leaves, grads, strict=True)), losses.detach()
+
+    return grads_and_losses
 
 
 def train_chunk(
@@ -119,9 +131,7 @@ def train_chunk(
     params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape).clone() for name, t in theta.items()}
     tx = optimizer_chain(model, cfg)
     state = tx.init(params)
-    grads_and_losses = vmap(
-        grad_and_value(_masked_loss(model))
-    )  # one forward/backward per step for the chunk
+    grads_and_losses = _stacked_grads(model)  # one forward/backward per step for the chunk
     loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
     for step in range(steps):
         r, m = rows[:, step], mask[:, step]
