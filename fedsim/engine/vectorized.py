@@ -55,39 +55,31 @@ def optimizer_chain(model: nn.Module, cfg: TrainConfig) -> GradientTransformatio
     return make_chain(cfg.optimizer, model_roles(model), batch_dims=1, **cfg.optimizer_args)
 
 
-def client_batches(n: int, *, epochs: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """The index batches the sequential path draws for a client (same generator, same order)."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        batches += [order[s : s + batch_size] for s in range(0, n, batch_size)]
-    return batches
-
-
 def batch_plan(
     partitions: Sequence[np.ndarray], tasks: Sequence[ClientTask], cfg: TrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the pooled training set each client reads at each step, ``[K, steps, B]``, and their mask.
 
     All ``tasks`` must have the same number of steps. Padding rows repeat the client's first example and are
-    masked out of the loss.
+    masked out of the loss. The batches are the sequential path's (``clients.local_sgd.train_local``: one
+    ``randperm`` per epoch from the task's generator, cut every B), laid out as one padded
+    ``[epochs, steps_per_epoch * B]`` block per client: one gather, not a copy per step.
     """
-    bsz = cfg.batch_size
+    bsz, epochs = cfg.batch_size, cfg.epochs
     parts = [torch.from_numpy(np.array(partitions[t.cid], dtype=np.int64)) for t in tasks]
-    plans = [
-        client_batches(len(p), epochs=cfg.epochs, batch_size=bsz, seed=t.seed)
-        for p, t in zip(parts, tasks, strict=True)
-    ]
-    steps = len(plans[0])
-    rows = torch.zeros(len(tasks), steps, bsz, dtype=torch.long)
-    mask = torch.zeros(len(tasks), steps, bsz)
-    for i, (part, plan) in enumerate(zip(parts, plans, strict=True)):
-        rows[i] = part[0]
-        for s, idx in enumerate(plan):
-            rows[i, s, : len(idx)] = part[idx]
-            mask[i, s, : len(idx)] = 1.0
-    return rows, mask
+    per_epoch = math.ceil(len(parts[0]) / bsz)
+    steps = epochs * per_epoch
+    rows = torch.empty(len(tasks), steps, bsz, dtype=torch.long)
+    mask = torch.zeros(len(tasks), epochs, per_epoch * bsz)
+    for i, (part, task) in enumerate(zip(parts, tasks, strict=True)):
+        n = len(part)
+        gen = torch.Generator().manual_seed(task.seed)
+        order = torch.zeros(epochs, per_epoch * bsz, dtype=torch.long)  # padding: index 0, the first example
+        for e in range(epochs):
+            order[e, :n] = torch.randperm(n, generator=gen)
+        mask[i, :, :n] = 1.0
+        rows[i] = part[order].view(steps, bsz)
+    return rows, mask.view(len(tasks), steps, bsz)
 
 
 def _stacked_grads(model: nn.Module):
@@ -133,6 +125,7 @@ def train_chunk(
     state = tx.init(params)
     grads_and_losses = _stacked_grads(model)  # one forward/backward per step for the chunk
     loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
+    counts = mask.sum(2).double()  # [K, steps]: examples per client and step
     for step in range(steps):
         r, m = rows[:, step], mask[:, step]
         grads, losses = grads_and_losses(params, train_x[r], train_y[r], m)
@@ -140,7 +133,7 @@ def train_chunk(
         with torch.no_grad():  # in place: the stack is ours, and fresh large allocations cost page faults
             for name, u in updates.items():
                 params[name].add_(u.to(params[name].dtype))
-        loss_sum += losses.double() * m.sum(1).double()
+        loss_sum += losses.double() * counts[:, step]
     return params, loss_sum / mask.sum((1, 2)).double()
 
 
