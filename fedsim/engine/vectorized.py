@@ -3,7 +3,7 @@
 Clients are bucketed by their number of local steps; each bucket is cut into chunks that fit the worker's
 memory budget, and a chunk's parameters are stacked ``[K, ...]``. Each step, one gather pulls every client's
 mini-batch out of the pooled training tensors (``[K, B, ...]``, padded and masked where a client's last batch is
-short), one ``vmap(grad_and_value(loss))`` call gives every client's gradient, and the client optimizer — a
+short), one vmapped forward and one autograd backward give every client's gradient, and the client optimizer — a
 gradient-core chain equal to the ``torch.optim`` one (``clients.optimizers.chains``) — steps the whole stack at
 once. Shuffling uses the same per-client generator draws as the sequential path, so the two agree to float
 tolerance.
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
@@ -55,48 +55,52 @@ def optimizer_chain(model: nn.Module, cfg: TrainConfig) -> GradientTransformatio
     return make_chain(cfg.optimizer, model_roles(model), batch_dims=1, **cfg.optimizer_args)
 
 
-def client_batches(n: int, *, epochs: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """The index batches the sequential path draws for a client (same generator, same order)."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        batches += [order[s : s + batch_size] for s in range(0, n, batch_size)]
-    return batches
-
-
 def batch_plan(
     partitions: Sequence[np.ndarray], tasks: Sequence[ClientTask], cfg: TrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the pooled training set each client reads at each step, ``[K, steps, B]``, and their mask.
 
     All ``tasks`` must have the same number of steps. Padding rows repeat the client's first example and are
-    masked out of the loss.
+    masked out of the loss. The batches are the sequential path's (``clients.local_sgd.train_local``: one
+    ``randperm`` per epoch from the task's generator, cut every B), laid out as one padded
+    ``[epochs, steps_per_epoch * B]`` block per client: one gather, not a copy per step.
     """
-    bsz = cfg.batch_size
+    bsz, epochs = cfg.batch_size, cfg.epochs
     parts = [torch.from_numpy(np.array(partitions[t.cid], dtype=np.int64)) for t in tasks]
-    plans = [
-        client_batches(len(p), epochs=cfg.epochs, batch_size=bsz, seed=t.seed)
-        for p, t in zip(parts, tasks, strict=True)
-    ]
-    steps = len(plans[0])
-    rows = torch.zeros(len(tasks), steps, bsz, dtype=torch.long)
-    mask = torch.zeros(len(tasks), steps, bsz)
-    for i, (part, plan) in enumerate(zip(parts, plans, strict=True)):
-        rows[i] = part[0]
-        for s, idx in enumerate(plan):
-            rows[i, s, : len(idx)] = part[idx]
-            mask[i, s, : len(idx)] = 1.0
-    return rows, mask
+    per_epoch = math.ceil(len(parts[0]) / bsz)
+    steps = epochs * per_epoch
+    rows = torch.empty(len(tasks), steps, bsz, dtype=torch.long)
+    mask = torch.zeros(len(tasks), epochs, per_epoch * bsz)
+    for i, (part, task) in enumerate(zip(parts, tasks, strict=True)):
+        n = len(part)
+        gen = torch.Generator().manual_seed(task.seed)
+        order = torch.zeros(epochs, per_epoch * bsz, dtype=torch.long)  # padding: index 0, the first example
+        for e in range(epochs):
+            order[e, :n] = torch.randperm(n, generator=gen)
+        mask[i, :, :n] = 1.0
+        rows[i] = part[order].view(steps, bsz)
+    return rows, mask.view(len(tasks), steps, bsz)
 
 
-def _masked_loss(model: nn.Module):
-    def loss_fn(p, x, y, mask):
-        logits = functional_call(model, p, (x,))
-        per_example = nn.functional.cross_entropy(logits, y, reduction="none")
-        return (per_example * mask).sum() / mask.sum()
+def _stacked_grads(model: nn.Module):
+    """``(params, x, y, mask) -> (grads, losses)`` for K stacked clients: the forward pass vmapped over clients,
+    the backward pass plain autograd of the sum of the clients' masked mean losses (separable, so row k of each
+    gradient is client k's). ``vmap(grad_and_value(loss))`` computes the same to float rounding (a batched GEMM
+    may sum in another order) but is slower per step (functorch's wrapping layers), and ``torch.func.grad``
+    imports ``torch._dynamo`` (~1 s of start-up)."""
+    forward = vmap(lambda p, x: functional_call(model, p, (x,)))
 
-    return loss_fn
+    def grads_and_losses(params, x, y, mask):
+        leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
+        logits = forward(leaves, x)
+        per_example = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        losses = (per_example.view(mask.shape) * mask).sum(1) / mask.sum(1)
+        grads = torch.autograd.grad(
+            losses.sum(), list(leaves.values()), allow_unused=True, materialize_grads=True
+        )  # an unused parameter gets zeros, as under ``torch.func.grad``
+        return dict(zip(leaves, grads, strict=True)), losses.detach()
+
+    return grads_and_losses
 
 
 def train_chunk(
@@ -119,10 +123,9 @@ def train_chunk(
     params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape).clone() for name, t in theta.items()}
     tx = optimizer_chain(model, cfg)
     state = tx.init(params)
-    grads_and_losses = vmap(
-        grad_and_value(_masked_loss(model))
-    )  # one forward/backward per step for the chunk
+    grads_and_losses = _stacked_grads(model)  # one forward/backward per step for the chunk
     loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
+    counts = mask.sum(2).double()  # [K, steps]: examples per client and step
     for step in range(steps):
         r, m = rows[:, step], mask[:, step]
         grads, losses = grads_and_losses(params, train_x[r], train_y[r], m)
@@ -130,7 +133,7 @@ def train_chunk(
         with torch.no_grad():  # in place: the stack is ours, and fresh large allocations cost page faults
             for name, u in updates.items():
                 params[name].add_(u.to(params[name].dtype))
-        loss_sum += losses.double() * m.sum(1).double()
+        loss_sum += losses.double() * counts[:, step]
     return params, loss_sum / mask.sum((1, 2)).double()
 
 
