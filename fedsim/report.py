@@ -198,6 +198,24 @@ def _gossip_settings(scenario: Scenario) -> list[str]:
     ]
 
 
+def withholds_diagnostics(scenario: Scenario) -> bool:
+    """A DP run that keeps its diagnostics back: its report shows none, wall time included (it depends on who
+    trained; ``fedsim.privacy.release``)."""
+    return scenario.privacy is not None and not scenario.privacy.release_diagnostics
+
+
+def _checkpoints_note(scenario: Scenario, gossip: bool) -> str:
+    """What ``checkpoints/`` holds; for a DP run, that it must not be shared: the strategy state carries the
+    noise generator's state, from which the noise added so far can be recomputed and subtracted."""
+    note = "model + strategy state" + (", node models" if gossip else "")
+    if scenario.privacy is not None:
+        note += (
+            " and the DP noise generator's state, owner-only (mode 0600): it reconstructs the noise, so share a DP "
+            "results folder without `checkpoints/`"
+        )
+    return note
+
+
 def write_report(
     run_dir: Path,
     scenario: Scenario,
@@ -221,7 +239,7 @@ def write_report(
         ("scenario.yaml", "resolved scenario"),
         ("metrics.jsonl", "one row per evaluation" if gossip else "one row per round"),
         ("model.pt", "final weights" + (": the average of the node models" if gossip else "")),
-        ("checkpoints", "model + strategy state" + (", node models" if gossip else "")),
+        ("checkpoints", _checkpoints_note(scenario, gossip)),
         ("plots", "this report's figures"),
     ]
     lines = [
@@ -232,7 +250,7 @@ def write_report(
         "|---|---|",
         *table,
         f"| virtual time (s) | {fmt(rows[-1].get('virtual_time_s') if rows else None)} |",
-        f"| wall time (s, incl. start-up) | {wall_s:.1f} |",
+        *([] if withholds_diagnostics(scenario) else [f"| wall time (s, incl. start-up) | {wall_s:.1f} |"]),
         "",
         "## Settings",
         "",

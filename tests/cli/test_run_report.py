@@ -268,3 +268,22 @@ def test_a_run_that_stops_before_its_planned_rounds_still_writes_its_model(tmp_p
     last = torch.load(outcome.path / "checkpoints" / f"round-{rows[-1]['round']}.pt", weights_only=False)
     assert model.keys() == last["params"].keys()
     assert all(torch.equal(model[k], last["params"][k]) for k in model)
+
+
+def test_a_dp_report_keeps_wall_time_back_and_says_checkpoints_hold_the_noise_stream(tmp_path):
+    """Wall time depends on who trained: a DP run that withholds diagnostics shows none; its checkpoints carry the
+    noise generator's state, so the report says not to share them (and releasing diagnostics shows wall time)."""
+    dp = {"level": "client", "noise_multiplier": 1.0, "accountants": ["rdp"], "insecure_seed": True}
+    for released in (False, True):
+        sc = SYNC.model_copy(
+            update={"privacy": parse_scenario({"name": "x", "privacy": {**dp, "release_diagnostics": released}}).privacy}
+        )
+        run_dir = tmp_path / str(released)
+        (run_dir / "checkpoints").mkdir(parents=True)
+        _, report = render(run_dir, sc, [sync_row(1, 6)])
+        assert ("wall time" in report) is released
+        files = report.split("Files: ")[1]
+        assert "share a DP results folder without `checkpoints/`" in files
+    (tmp_path / "plain" / "checkpoints").mkdir(parents=True)
+    _, report = render(tmp_path / "plain", SYNC, [sync_row(1, 6)])
+    assert "wall time" in report and "without `checkpoints/`" not in report
