@@ -37,6 +37,7 @@ run: setup
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: setup-test lint
 	$(VENV)/bin/pytest -q

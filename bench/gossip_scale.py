@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from fedsim.engine.gossip_network import build_network, initial_models
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.gossip import GossipSimulator
-from fedsim.gossip.network import build_network, initial_models
 from fedsim.scenario.load import parse_scenario
 
 

@@ -223,10 +223,10 @@ def validate(
         try:
             sc = load_scenario(path)
             if build:
-                from fedsim.scenario.load import check_registered_names
+                from fedsim.engine.preflight import check_before_run
 
                 try:
-                    check_registered_names(sc)
+                    check_before_run(sc)
                     if sc.privacy is not None:  # an unreachable target ε or an unaccountable sampling
                         from fedsim.privacy.plan import plan_from_scenario
 
@@ -287,9 +287,9 @@ def deploy(
     if (local is None) == (superlink is None):
         raise ConfigError("--local/--superlink", "exactly one of them", None, source=str(scenario))
     sc = with_overrides(load_scenario(scenario), str(scenario), rounds=rounds)
-    from fedsim.scenario.load import check_registered_names
+    from fedsim.engine.preflight import check_before_run
 
-    check_registered_names(sc)
+    check_before_run(sc)
     if local is not None:
         from fedsim.deploy.local import deploy_local
 

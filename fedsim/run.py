@@ -12,12 +12,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedsim.engine.preflight import check_before_run
 from fedsim.engine.server import RunSummary
 from fedsim.errors import ConfigError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
 from fedsim.scenario import Scenario
-from fedsim.scenario.load import check_registered_names
 from fedsim.tally import closing_line, position, progress_status, step_line
 
 
@@ -96,7 +96,7 @@ def run_scenario(
     """
     from fedsim.engine.simulation import backend_workers, choose_backend, simulate
 
-    check_registered_names(scenario)
+    check_before_run(scenario)
     check_machine(scenario)
     backend = choose_backend(
         scenario

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from fedsim.engine.protocol import NOISE_MULTIPLIER_KEY
 from fedsim.errors import ConfigError
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import GaussianNoiseState, add_gaussian_noise, gaussian_noise_state
 from fedsim.privacy.client_level import adaptive_noise_split, next_adaptive_clip
+from fedsim.protocol import NOISE_MULTIPLIER_KEY
 from strategies.base import AggregateResult, Params, ReducedUpdates, RoundPlan, Strategy
 from strategies.fedavg import FedAvg, sample_clients
 

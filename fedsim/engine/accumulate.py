@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedsim.engine.protocol import ClientClip, ClientTask, WorkerResult
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import normalize_layers
 from fedsim.privacy.client_level import update_clipper
+from fedsim.protocol import ClientClip, ClientTask, WorkerResult
 
 
 class CohortAccumulator:

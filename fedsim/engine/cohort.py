@@ -17,9 +17,9 @@ from torch import nn
 from clients.local_sgd import train_local
 from fedsim.data import FederatedData
 from fedsim.engine.accumulate import CohortAccumulator
-from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
 from fedsim.engine.vectorized import train_cohort_vectorized, vectorizable
 from fedsim.errors import ConfigError
+from fedsim.protocol import ClientTask, TrainConfig, WorkerResult
 
 log = logging.getLogger("fedsim")
 

@@ -35,9 +35,9 @@ from fedsim import randomness
 from fedsim.data import FederatedData
 from fedsim.engine.messages import MESSAGE_TYPE_DIFF2, decode_diff2_reply, encode_diff2_request
 from fedsim.engine.placement import assign, partition_owners
-from fedsim.engine.profiles import DeviceProfiles
 from fedsim.engine.setup import noise_generator
 from fedsim.errors import ConfigError, EngineError
+from fedsim.scenario.devices import DeviceProfiles
 from strategies.diff2 import DIFFERENCE, Diff2Strategy, finish_round, init, plan_round
 
 if TYPE_CHECKING:

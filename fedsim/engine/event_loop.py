@@ -27,9 +27,9 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedsim.data import FederatedData
-from fedsim.engine.profiles import DeviceProfiles
-from fedsim.engine.protocol import ClientTask
+from fedsim.protocol import ClientTask
 from fedsim.randomness import Stream, generator
+from fedsim.scenario.devices import DeviceProfiles
 from strategies.asynchronous import TICKS_PER_SECOND, EventStrategy, Step, to_ticks
 
 if TYPE_CHECKING:

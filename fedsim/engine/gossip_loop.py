@@ -28,10 +28,10 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedsim.data import FederatedData
+from fedsim.engine.gossip_network import build_network, owners_by_shard
 from fedsim.engine.messages import MESSAGE_TYPE_GOSSIP, decode_gossip_report, encode_gossip_order
 from fedsim.engine.placement import assign, partition_owners
 from fedsim.errors import EngineError
-from fedsim.gossip.network import build_network, owners_by_shard
 from fedsim.gossip.simulator import evaluate_nodes
 from fedsim.gossip.supersteps import Coordinator, ShardReport, gather
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsim.engine.protocol import (
+from fedsim.privacy.client_level import clip_mode
+from fedsim.protocol import (
     NOISE_MULTIPLIER_KEY,
     ClientClip,
     ClientTask,
@@ -24,7 +25,6 @@ from fedsim.engine.protocol import (
     TrainConfig,
     WorkerResult,
 )
-from fedsim.privacy.client_level import clip_mode
 
 MESSAGE_TYPE_TRAIN = "train"
 MESSAGE_TYPE_PREPARE = "query.prepare"

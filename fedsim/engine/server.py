@@ -40,13 +40,13 @@ from fedsim.engine.messages import (
 )
 from fedsim.engine.placement import NodeIdentity, assign, partition_owners, read_node_identity
 from fedsim.engine.placement import shard as shard  # re-exported: the stable sharding rule
-from fedsim.engine.profiles import DeviceProfiles
-from fedsim.engine.protocol import ClientTask, WorkerResult
 from fedsim.engine.setup import build_data, build_initial_model, cohort_seed, evaluation_data, noise_generator
 from fedsim.errors import ConfigError, EngineError
 from fedsim.privacy.release import release_row
+from fedsim.protocol import ClientTask, WorkerResult
 from fedsim.randomness import Stream, derive_int, generator
 from fedsim.scenario import Scenario
+from fedsim.scenario.devices import DeviceProfiles
 from strategies import Decentralised, EventStrategy, ReducedUpdates, build_strategy
 from strategies.base import RoundPlan
 

@@ -4,7 +4,7 @@
 the ServerApp built here runs the :class:`~fedsim.engine.server.Engine` loop in this process, so results go
 straight to the run's recorder. ``inprocess`` (``fedsim.engine.inprocess``): the same Engine, ClientApp and
 messages over an in-process Grid, without Ray's start-up of several seconds. ``auto`` picks one by
-:func:`fedsim.engine.backend.choose_backend`, a pure function of the scenario.
+:func:`fedsim.scenario.backend.choose_backend`, a pure function of the scenario.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from fedsim.engine.backend import BackendChoice, choose_backend
 from fedsim.engine.server import Engine, Recorder, RunSummary
 from fedsim.scenario import Scenario
+from fedsim.scenario.backend import BackendChoice, choose_backend
 
 
 def inprocess_workers(scenario: Scenario) -> int:

@@ -32,8 +32,8 @@ from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
 from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.memory import chunk_size, client_footprint_bytes, optimizer_slots
-from fedsim.engine.protocol import ClientTask, TrainConfig, WorkerResult
 from fedsim.gradcore import GradientTransformation
+from fedsim.protocol import ClientTask, TrainConfig, WorkerResult
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 

@@ -28,8 +28,8 @@ from fedsim.engine.messages import (
     encode_train_reply,
 )
 from fedsim.engine.placement import add_node_identity
-from fedsim.engine.protocol import WorkerResult
 from fedsim.engine.setup import build_data, build_initial_model
+from fedsim.protocol import WorkerResult
 from fedsim.scenario import parse_scenario
 
 
@@ -157,8 +157,8 @@ def train_gossip(msg: Message, context: Context) -> Message:
 
 def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first: bool):
     """The worker's shard: new at the run's first superstep, else restored from ``context.state`` (None if lost)."""
+    from fedsim.engine.gossip_network import build_shard
     from fedsim.engine.messages import GOSSIP_STATE
-    from fedsim.gossip.network import build_shard
 
     scenario_json = json.dumps(scenario_dict, sort_keys=True)
     record = context.state.array_records.get(GOSSIP_STATE)
@@ -175,7 +175,7 @@ def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first:
 def _shard_skeleton(scenario_json: str, owned: tuple[int, ...]):
     """A shard of ``owned`` built once per process (topology, schedule, optimizer, partitions), to load a saved
     state into at every superstep instead of rebuilding it."""
-    from fedsim.gossip.network import build_shard
+    from fedsim.engine.gossip_network import build_shard
 
     data, model, _ = _environment(scenario_json)
     scenario = parse_scenario(json.loads(scenario_json), source="<message>")

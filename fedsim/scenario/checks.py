@@ -1,12 +1,12 @@
-"""What ``fedsim validate`` checks beyond the schema, without building anything; and what a run checks on top.
+"""What ``fedsim validate`` checks beyond the schema, without building anything.
 
 Why this module exists: validation must be fast and pure (no data, model, graph, network or cache write), yet
 catch everything that can be known from the file and this machine: registered names and their arguments, the
 cross-field rules of each strategy family, the population this machine can hold, the worker count its cores can
 serve, and a results folder that can be made. :func:`check_scenario` does that. The few checks that need a built
-object (partition feasibility, a random graph's connectivity, the trained model's buffers) live in
-:func:`check_before_run`, which ``fedsim run`` calls before any results folder or worker exists, so they still
-fail as one ``ConfigError`` line before training starts.
+object (partition feasibility, a random graph's connectivity, the trained model's buffers) are the engine's
+pre-flight (``fedsim.engine.preflight.check_before_run``), which ``fedsim run`` calls before any results folder or
+worker exists, so they still fail as one ``ConfigError`` line before training starts.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def check_scenario(scenario: Scenario) -> None:
     from clients.optimizers import check_optimizer_spec
     from fedsim.data.federated import dataset_task, partitioner_names, resolve_dataset_args
     from fedsim.data.partitioners import resolve_partitioner_args
-    from fedsim.engine.backend import choose_backend
     from fedsim.models.registry import resolve_model_args, vectorize_blocker
+    from fedsim.scenario.backend import choose_backend
     from strategies import build_strategy
     from strategies.asynchronous import RULE_NAMES
     from strategies.server_optimizers import build_server_optimizer
@@ -110,7 +110,7 @@ def check_scenario(scenario: Scenario) -> None:
     _check_full_batch_strategy(scenario)
     availability = scenario.population.devices.availability
     if not isinstance(availability, int | float):  # a trace file: read it now, not when the run has started
-        from fedsim.engine.profiles import load_trace
+        from fedsim.scenario.devices import load_trace
 
         load_trace(availability.trace, scenario.population.clients)
     if scenario.strategy.name in RULE_NAMES and scenario.privacy is not None:
@@ -138,7 +138,7 @@ def check_scenario(scenario: Scenario) -> None:
     if d.partitioner not in partitioner_names():
         raise UnknownNameError("data.partitioner", d.partitioner, partitioner_names())
     resolve_partitioner_args(d.partitioner, d.partitioner_args)
-    _check_task(scenario, dataset_task(d.dataset))
+    check_task(scenario, dataset_task(d.dataset))
     if scenario.strategy.name == "gossip":
         from fedsim.gossip.topology import check_topology_args
 
@@ -147,34 +147,6 @@ def check_scenario(scenario: Scenario) -> None:
     blocker = vectorize_blocker(scenario.model.name, model_args)
     if scenario.engine.vectorize == "on" and blocker:
         raise ConfigError("engine.vectorize", f"'auto' or 'off' here, because {blocker}", "on")
-
-
-def check_before_run(scenario: Scenario) -> None:
-    """:func:`check_scenario`, then what needs the built data, model and gossip network (from the machine's data
-    cache when it holds them): partitions every client can use, the data's task, a connected graph, a model the
-    chosen trainer can train. Called by ``fedsim run`` before the results folder or any worker exists."""
-    from fedsim.engine.cohort import select_cohort_trainer
-    from fedsim.engine.messages import train_config
-    from fedsim.engine.protocol import NOISE_MULTIPLIER_KEY
-    from fedsim.engine.setup import build_data, build_initial_model
-
-    check_scenario(scenario)
-    if scenario.data.dataset.startswith("hf:"):  # needs the network: checked when the run loads it
-        return
-    data = build_data(scenario)
-    _check_task(scenario, data.task)
-    if scenario.strategy.name == "gossip":
-        from fedsim.gossip.network import build_network
-
-        model = build_initial_model(scenario, data)
-        if any(True for _ in model.buffers()):
-            raise ConfigError(
-                "model", "a model without buffers (no BatchNorm) for gossip", scenario.model.name
-            )
-        build_network(scenario, data, model)
-    # σ does not decide which trainer runs; the server sends the resolved one every round
-    cfg = train_config(scenario, {NOISE_MULTIPLIER_KEY: 1.0})
-    select_cohort_trainer(scenario.engine.vectorize, build_initial_model(scenario, data), cfg)
 
 
 def _check_full_batch_strategy(scenario: Scenario) -> None:
@@ -200,7 +172,7 @@ def _check_full_batch_strategy(scenario: Scenario) -> None:
         )
 
 
-def _check_task(scenario: Scenario, task: str | None) -> None:
+def check_task(scenario: Scenario, task: str | None) -> None:
     """Regression data go with the full-batch squared-loss strategies only, and those need regression data."""
     from strategies.diff2 import DIFF2_NAMES
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fedsim.errors import ConfigError, FedsimError
-from fedsim.scenario.checks import check_before_run, check_scenario
+from fedsim.scenario.checks import check_scenario
 from fedsim.scenario.choices import resolve_choices
 from fedsim.scenario.schema import Scenario
 from fedsim.scenario.yaml12 import load_yaml
@@ -166,11 +166,3 @@ def load_scenario(path: str | Path, *, check_names: bool = True) -> Scenario:
             raise ScenarioError(str(exc.with_source(str(path)))) from None
     return scenario
 
-
-def check_registered_names(scenario: Scenario) -> None:
-    """Everything a run checks before it starts: :func:`~fedsim.scenario.checks.check_scenario` (pure), then the
-    checks that need the built data, model and gossip network (:func:`~fedsim.scenario.checks.check_before_run`).
-
-    ``fedsim validate`` does not call this: it builds. ``fedsim run`` does, before any results folder exists.
-    """
-    check_before_run(scenario)

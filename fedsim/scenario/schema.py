@@ -338,7 +338,7 @@ class GossipSettings(_Frozen):
 class EngineConfig(_Frozen):
     workers: int | str = "auto"
     backend: Literal["auto", "ray", "inprocess"] = "auto"
-    """Where the workers run; ``auto`` is resolved by ``fedsim.engine.backend.choose_backend``."""
+    """Where the workers run; ``auto`` is resolved by ``fedsim.scenario.backend.choose_backend``."""
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
     vectorize: Literal["auto", "on", "off"] = "auto"
     memory_budget_mb: float | Literal["auto"] = "auto"

@@ -46,7 +46,8 @@ def test_optimizer_benchmark_runs_and_8bit_adam_shows_about_two_bytes_per_param(
 
 
 def test_every_shipped_scenario_validates():
-    from fedsim.scenario.load import check_registered_names, load_scenario
+    from fedsim.engine.preflight import check_before_run
+    from fedsim.scenario.load import load_scenario
 
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
-        check_registered_names(load_scenario(path))
+        check_before_run(load_scenario(path))

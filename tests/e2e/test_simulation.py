@@ -36,8 +36,8 @@ def test_fedsim_run_of_a_gossip_scenario_keeps_node_models_on_the_ray_workers(tm
     the run through Ray equals the in-process run of the same scenario."""
     import numpy as np
 
+    from fedsim.engine.gossip_network import build_shard
     from fedsim.engine.setup import build_data, build_initial_model
-    from fedsim.gossip.network import build_shard
     from fedsim.gossip.supersteps import run_in_process
     from fedsim.scenario.load import load_scenario
 

@@ -27,12 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from local_grid import LocalGrid, MemoryRecorder
 
-from fedsim.engine.backend import AUTO_INPROCESS_MAX_CLIENT_EPOCHS, BackendChoice, choose_backend
 from fedsim.engine.inprocess import InProcessGrid, server_task_identity, torch_threads
 from fedsim.engine.server import Engine
 from fedsim.engine.simulation import inprocess_workers, simulate
 from fedsim.errors import ConfigError
 from fedsim.scenario import parse_scenario
+from fedsim.scenario.backend import AUTO_INPROCESS_MAX_CLIENT_EPOCHS, BackendChoice, choose_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from torch import nn
 from clients.local_sgd import train_local
 from fedsim.data import FederatedData
 from fedsim.engine.cohort import train_cohort_sequential
-from fedsim.engine.protocol import ClientTask, TrainConfig
+from fedsim.protocol import ClientTask, TrainConfig
 
 
 def make_data(n_clients=3, bad_client=None):

@@ -14,11 +14,11 @@ import torch
 from local_grid import LocalGrid, MemoryRecorder
 
 from clients.diff2_client import flat_spec, flatten, unflatten
+from fedsim.engine.preflight import check_before_run
 from fedsim.engine.server import Engine
 from fedsim.engine.setup import build_data, build_initial_model, noise_generator
 from fedsim.errors import ConfigError, EngineError
 from fedsim.scenario import parse_scenario
-from fedsim.scenario.load import check_registered_names
 from strategies.diff2 import Diff2Config, run_diff2, run_dp_gd
 
 BASE = {
@@ -209,5 +209,5 @@ def test_bad_settings_are_one_line_config_errors_naming_the_field(change, field)
     for key, value in change.items():
         raw[key] = {**raw[key], **value}
     with pytest.raises(ConfigError) as err:
-        check_registered_names(parse_scenario(raw))
+        check_before_run(parse_scenario(raw))
     assert err.value.field == field and "\n" not in str(err.value)

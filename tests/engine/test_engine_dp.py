@@ -70,9 +70,9 @@ def test_both_cohort_trainers_clip_each_client_the_same(mode):
     from test_vectorized import SIZES, data_with_sizes
 
     from fedsim.engine.cohort import train_cohort_sequential
-    from fedsim.engine.protocol import ClientClip, ClientTask, TrainConfig
     from fedsim.engine.vectorized import train_cohort_vectorized
     from fedsim.models import build_model
+    from fedsim.protocol import ClientClip, ClientTask, TrainConfig
 
     data = data_with_sizes(SIZES)
     model = build_model("mlp", {}, input_shape=(64,), num_classes=10, seed=0)

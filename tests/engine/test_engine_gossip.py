@@ -8,14 +8,14 @@ import pytest
 import torch
 from local_grid import LocalGrid, MemoryRecorder
 
+from fedsim.engine.gossip_network import build_shard
+from fedsim.engine.preflight import check_before_run
 from fedsim.engine.server import Engine
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.errors import ConfigError, EngineError
-from fedsim.gossip.network import build_shard
 from fedsim.gossip.simulator import evaluate_nodes
 from fedsim.gossip.supersteps import run_in_process
 from fedsim.scenario import parse_scenario
-from fedsim.scenario.load import check_registered_names
 
 BASE = {
     "name": "gossip-engine",
@@ -158,15 +158,15 @@ def test_a_worker_that_lost_its_state_stops_the_run_with_one_line():
 
 def test_bad_gossip_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"gossip.topology.k"):
-        check_registered_names(scenario(topology={"kind": "regular", "args": {"k": 40}}))
+        check_before_run(scenario(topology={"kind": "regular", "args": {"k": 40}}))
     with pytest.raises(ConfigError, match=r"gossip.topology"):
-        check_registered_names(
+        check_before_run(
             parse_scenario({**BASE, "gossip": {"topology": {"kind": "erdos_renyi", "args": {"p": 0.01}}}})
         )
     with pytest.raises(ConfigError, match=r"privacy"):
-        check_registered_names(parse_scenario({**BASE, "privacy": {"level": "client"}}))
+        check_before_run(parse_scenario({**BASE, "privacy": {"level": "client"}}))
     with pytest.raises(ConfigError, match=r"strategy.args.rule"):
-        check_registered_names(
+        check_before_run(
             parse_scenario({**BASE, "strategy": {"name": "gossip", "args": {"rule": "plain"}}})
         )
 

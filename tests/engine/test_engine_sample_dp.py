@@ -18,11 +18,11 @@ from local_grid import LocalGrid, MemoryRecorder
 
 from clients.dp_sgd import client_dp_generators
 from fedsim.engine.cohort import train_cohort_sequential
-from fedsim.engine.protocol import ClientTask, SampleDP, TrainConfig
 from fedsim.engine.server import Engine
 from fedsim.engine.vectorized import train_cohort_vectorized
 from fedsim.models import build_model
 from fedsim.privacy.sample_level import LocalSchedule
+from fedsim.protocol import ClientTask, SampleDP, TrainConfig
 from fedsim.scenario import parse_scenario
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,11 +14,11 @@ from local_grid import LocalGrid, MemoryRecorder
 from clients.local_sgd import train_local
 from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.cohort import train_cohort_sequential
-from fedsim.engine.protocol import ClientTask, TrainConfig
 from fedsim.engine.server import Engine, client_seed
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.engine.vectorized import train_cohort_vectorized
 from fedsim.models import build_model
+from fedsim.protocol import ClientTask, TrainConfig
 from fedsim.scenario import parse_scenario
 
 BASE = {
@@ -152,23 +152,23 @@ def test_an_accumulator_without_groups_keeps_the_example_weights():
 
 
 def test_dp_with_an_event_strategy_is_refused_before_anything_runs():
+    from fedsim.engine.preflight import check_before_run
     from fedsim.errors import ConfigError
-    from fedsim.scenario.load import check_registered_names
 
     sc = parse_scenario({**BASE, "privacy": {"noise_multiplier": 1.0}})
     with pytest.raises(ConfigError, match="privacy"):
-        check_registered_names(sc)
+        check_before_run(sc)
 
 
 def test_a_bad_trace_file_is_a_config_error_naming_the_field(tmp_path):
+    from fedsim.engine.preflight import check_before_run
     from fedsim.errors import ConfigError
-    from fedsim.scenario.load import check_registered_names
 
     missing = {**BASE, "population": {"clients": 10, "devices": {"availability": {"trace": str(tmp_path / "x")}}}}
     with pytest.raises(ConfigError, match=r"population\.devices\.availability\.trace"):
-        check_registered_names(parse_scenario(missing))
+        check_before_run(parse_scenario(missing))
     bad = tmp_path / "bad.csv"
     bad.write_text("client,start_s,end_s\n3,5,1\n")  # end before start
     broken = {**BASE, "population": {"clients": 10, "devices": {"availability": {"trace": str(bad)}}}}
     with pytest.raises(ConfigError, match="start_s < end_s"):
-        check_registered_names(parse_scenario(broken))
+        check_before_run(parse_scenario(broken))

@@ -10,7 +10,7 @@ from fedsim.engine.messages import (
     encode_train_reply,
     encode_train_request,
 )
-from fedsim.engine.protocol import ClientTask, WorkerResult
+from fedsim.protocol import ClientTask, WorkerResult
 
 
 def test_request_round_trip():

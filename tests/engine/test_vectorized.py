@@ -9,9 +9,9 @@ from torch import nn
 
 from fedsim.data import FederatedData
 from fedsim.engine.cohort import train_cohort_sequential
-from fedsim.engine.protocol import ClientTask, TrainConfig
 from fedsim.engine.vectorized import train_cohort_vectorized, vectorizable
 from fedsim.models import build_model
+from fedsim.protocol import ClientTask, TrainConfig
 
 
 def data_with_sizes(sizes, shape=(64,), classes=10, seed=0):
@@ -166,7 +166,7 @@ def test_vectorized_training_does_not_import_torch_dynamo():
     code = (
         "import sys, torch\n"
         "from tests.engine.test_vectorized import data_with_sizes\n"
-        "from fedsim.engine.protocol import ClientTask, TrainConfig\n"
+        "from fedsim.protocol import ClientTask, TrainConfig\n"
         "from fedsim.engine.vectorized import train_cohort_vectorized\n"
         "from fedsim.models import build_model\n"
         "m = build_model('mlp', {}, input_shape=(64,), num_classes=10, seed=0)\n"

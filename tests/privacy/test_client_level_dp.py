@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from fedsim.engine.accumulate import CohortAccumulator
-from fedsim.engine.protocol import ClientClip
 from fedsim.errors import ConfigError
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import seeded_generator
 from fedsim.privacy.client_level import adaptive_noise_split, next_adaptive_clip
+from fedsim.protocol import ClientClip
 from strategies import ReducedUpdates
 from strategies.dp import ClientLevelDP, poisson_sample
 from strategies.fedavg import FedAvg

@@ -197,13 +197,13 @@ def test_validation_is_fast_after_imports():
 
 
 def test_check_before_run_still_refuses_what_needs_the_built_data(tmp_path):
+    from fedsim.engine.preflight import check_before_run
     from fedsim.errors import ConfigError
-    from fedsim.scenario.load import check_registered_names
 
     # digits has 1437 training rows: 5000 clients cannot each get one; a pure check cannot know the row count
     sc = load_scenario(scenario(tmp_path, BASE.replace("clients: 20", "clients: 5000")))
     with pytest.raises(
         ConfigError, match="population.clients must be at most the number of training examples"
     ):
-        check_registered_names(sc)
+        check_before_run(sc)
     assert os.environ.get("FEDSIM_CACHE_DIR")  # the pre-run check may use the data cache

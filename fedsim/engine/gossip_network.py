@@ -2,7 +2,8 @@
 
 Why this module exists: the engine's server and each worker rebuild the network from the scenario alone (nothing
 but the scenario crosses to a worker at start-up), so every piece here is a pure function of the scenario, its
-data and its model.
+data and its model. It is the engine's (not ``fedsim.gossip``'s): it builds from the scenario with the engine's
+initial model and the population's device profiles, while ``fedsim.gossip`` stays the protocol alone.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import torch
 from torch import nn
 
 from fedsim.data import FederatedData
+from fedsim.engine.setup import build_initial_model
 from fedsim.gossip.schedule import Schedule, profile_intervals
 from fedsim.gossip.shard import GossipShard, ProtocolConfig
 from fedsim.gossip.simulator import init_nodes
 from fedsim.gossip.topology import build_topology, neighbour_lists
 from fedsim.models import build_model
 from fedsim.randomness import Stream, derive_int, generator
-from fedsim.scenario import Scenario
+from fedsim.scenario.devices import DeviceProfiles
+from fedsim.scenario.schema import Scenario
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,6 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
     Raises:
         ConfigError: a bad topology (disconnected, bad arguments), client optimizer or profile setting.
     """
-    from fedsim.engine.profiles import DeviceProfiles
-
     g, n = scenario.gossip_settings, scenario.population.clients
     neighbours = _neighbours(
         g.topology.kind, n, tuple(sorted(g.topology.args.items())), topology_seed(scenario)
@@ -91,8 +92,6 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
 
 def initial_models(scenario: Scenario, data: FederatedData, nodes: np.ndarray) -> dict[str, torch.Tensor]:
     """The initial models of ``nodes``, stacked: each its own (``init: independent``) or the scenario's one."""
-    from fedsim.engine.setup import build_initial_model
-
     def build(seed: int) -> nn.Module:
         return build_model(
             scenario.model.name, scenario.model.args, input_shape=data.input_shape,

@@ -4,6 +4,8 @@ Each logical client gets a compute speed (samples/s) and a link bandwidth (bytes
 scenario's distributions: O(population) floats, nothing else per client. A client's virtual duration is
 ``examples × epochs / speed + 2 × model_bytes / bandwidth`` (model down and update up), or with an ``F-X``
 profile the paper's fixed τ_i. Availability is a probability per selection, or a trace of online intervals.
+A pure function of the scenario's ``population.devices`` block, so validation (a trace file's rows) and the
+engine's loops share it without either importing the other.
 """
 
 from __future__ import annotations

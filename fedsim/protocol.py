@@ -1,6 +1,7 @@
 """Types the engine passes between the server loop, the Flower boundary and the cohort trainers.
 
-Strategies may import this module (types only); it imports neither flwr nor ray.
+It lives below the strategies and the engine (docs/architecture.md, Layers) so that both can import it: the DP
+wrapper reads its σ key. It imports neither flwr nor ray.
 """
 
 from __future__ import annotations
