@@ -136,6 +136,8 @@ def _validate(accountant: str, mech: Mechanism, delta: float) -> None:
             f"{' or '.join(FIXED_SIZE_ACCOUNTANTS)} for fixed_size sampling ({_POISSON_ONLY_WHY[accountant]})",
             accountant,
         )
+    if accountant == "prv":
+        _check_prv_size([mech], delta)
 
 
 def describe_sampling(mech: Mechanism) -> str:
@@ -237,14 +239,76 @@ def pld_min_noise() -> float:
     return next(s / 100 for s in range(1, 10_000) if pld_grid_points(s / 100) <= PLD_MAX_GRID_POINTS)
 
 
+class GridTooLargeError(ConfigError):
+    """σ is too small for a numerical accountant (``pld``, ``prv``): its grid would exhaust memory. A σ search
+    treats such a σ as spending more than any target (:func:`probe_epsilon`)."""
+
+
 def _check_pld_size(mech: Mechanism) -> None:
     if pld_grid_points(mech.noise_multiplier) > PLD_MAX_GRID_POINTS:
         smallest = pld_min_noise()
-        raise ConfigError(
+        raise GridTooLargeError(
             "privacy.noise_multiplier",
             f">= {smallest:g} for the pld accountant (its grid grows as 1/σ² and would exhaust memory; "
             "use rdp or prv for this σ)",
             mech.noise_multiplier,
+        )
+
+
+PRV_MAX_GRID_POINTS = 10_000_000
+"""The largest domain ``prv`` discretises (opacus' ``PRVAccountant`` holds ~170 bytes a point at its peak: ~1.7 GB).
+Its half-width is an RDP ε (``compute_safe_domain_size``), which grows without bound as σ shrinks, and its mesh
+shrinks as 1/√steps: a small σ is refused, not left to be SIGKILLed (σ 0.1, q 0.05, 1000 steps: 4.8e8 points)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def prv_grid_points(mechanisms: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """The number of points of the domain opacus' ``PRVAccountant`` builds for ``(σ, q, steps)`` mechanisms at
+    ``delta`` (its ``_get_domain``: half-width ``compute_safe_domain_size``, mesh eps_error/√(T·ln(12/δ_err)/2)).
+    Decreasing in every σ, increasing in steps; costs two RDP evaluations (cached)."""
+    analysis = opacus_accountants.load().prv
+    delta_error = delta * _PRV_DELTA_ERROR_FRACTION
+    prvs = [analysis.PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in mechanisms]
+    with warnings.catch_warnings():  # the RDP conversion warns when the best order is at the grid's end
+        warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
+        half_width = analysis.compute_safe_domain_size(
+            prvs, [k for _, _, k in mechanisms], eps_error=_PRV_EPS_ERROR, delta_error=delta_error
+        )
+    total = sum(k for _, _, k in mechanisms)
+    mesh = _PRV_EPS_ERROR / math.sqrt(total * math.log(12 / delta_error) / 2)
+    return 2 * half_width / mesh
+
+
+def prv_min_noise(mechanisms: Sequence[Mechanism], delta: float) -> float:
+    """The smallest σ (to 1 %) such that ``mechanisms`` with every σ scaled to keep their ratios fit
+    ``PRV_MAX_GRID_POINTS`` (bisection on the size estimate; for the error message)."""
+
+    def points(scale: float) -> float:
+        return prv_grid_points(_prv_key(mechanisms, scale), delta)
+
+    low, high = 1.0, 2.0
+    while points(high) > PRV_MAX_GRID_POINTS:
+        low, high = high, 2 * high
+    while high > low * 1.01:
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if points(mid) > PRV_MAX_GRID_POINTS else (low, mid)
+    return high * mechanisms[0].noise_multiplier
+
+
+def _prv_key(mechanisms: Sequence[Mechanism], scale: float = 1.0) -> tuple[tuple[float, float, int], ...]:
+    return tuple((m.noise_multiplier * scale, m.sample_rate, m.steps) for m in mechanisms)
+
+
+def _check_prv_size(mechanisms: Sequence[Mechanism], delta: float) -> None:
+    points = prv_grid_points(_prv_key(mechanisms), delta)
+    if points > PRV_MAX_GRID_POINTS:
+        smallest = prv_min_noise(mechanisms, delta)
+        raise GridTooLargeError(
+            "privacy.noise_multiplier",
+            f">= {smallest:.3g} for the prv accountant with this sample rate, number of steps and delta (its "
+            f"domain would have {points:.2g} points, over {PRV_MAX_GRID_POINTS:.0e}, and exhaust memory; use rdp "
+            "for this σ)",
+            mechanisms[0].noise_multiplier,
         )
 
 
@@ -297,6 +361,8 @@ def _validate_sequence(accountant: str, mechanisms: Sequence[Mechanism], delta: 
         raise ConfigError("mechanisms", "a non-empty sequence of Mechanism", mechanisms)
     for m in mechs:
         _validate(accountant, m, delta)
+    if accountant == "prv" and len(mechs) > 1:  # one domain for the whole sequence: finer, wider than each's
+        _check_prv_size(mechs, delta)
     return mechs
 
 
@@ -506,7 +572,7 @@ def epsilon_curve(accountant: str, mech: Mechanism, delta: float, at_steps: Sequ
     *head, last = _validate_at_steps(at_steps, mech.steps)
     with np.errstate(divide="ignore"):
         points = _CURVES[accountant](mech, delta, head) if head else []
-    points.append(_EPSILON[accountant](replace(mech, steps=last), delta))
+    points.append(_epsilon_of(accountant, replace(mech, steps=last), delta))
     for i in range(len(points) - 2, -1, -1):
         points[i] = min(points[i], points[i + 1])
     return points
@@ -560,7 +626,7 @@ def calibrate_noise(
     if accountant == "pld":  # probes below this σ would exhaust memory (see PLD_MAX_GRID_POINTS)
         sigma_min = min(max(sigma_min, pld_min_noise()), sigma_max / (1 + tol))
     return bisect_noise(
-        lambda sigma: _EPSILON[accountant](replace(mech, noise_multiplier=sigma), delta),
+        lambda sigma: epsilon(accountant, replace(mech, noise_multiplier=sigma), delta),
         target_epsilon=target,
         accountant=accountant,
         sigma_min=sigma_min,
@@ -581,6 +647,9 @@ def bisect_noise(
     """The smallest σ in [``sigma_min``, ``sigma_max``] (to relative tolerance ``tol``) with ``epsilon_of(σ)`` <=
     the target, for any ε(σ) that decreases in σ (one mechanism, or the worst of several: sample-level DP).
 
+    A σ the accountant refuses for memory (:class:`GridTooLargeError`, refused σ are all below the accepted ones)
+    counts as spending more than the target (:func:`probe_epsilon`): the result is then the smallest σ it evaluates.
+
     Raises:
         ConfigError: on ``privacy.target_epsilon`` when even ``sigma_max`` spends more (``accountant`` names the
             accountant in the message).
@@ -588,10 +657,7 @@ def bisect_noise(
     target = _positive("privacy.target_epsilon", target_epsilon)
 
     def eps(sigma: float) -> float:
-        # search probes, not reported numbers: silence opacus' "optimal order at the end of the grid" warnings
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
-            return epsilon_of(sigma)
+        return probe_epsilon(epsilon_of, sigma)
 
     at_max = eps(sigma_max)
     if at_max > target:
@@ -611,6 +677,18 @@ def bisect_noise(
         else:
             low = mid
     return high
+
+
+def probe_epsilon(epsilon_of: Callable[[float], float], sigma: float) -> float:
+    """``epsilon_of(σ)`` for a σ search: ∞ where the accountant refuses σ as too small for its grid (a smaller σ
+    only spends more), and opacus' "optimal order at the end of the grid" warnings silenced (probes are not
+    reported numbers)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
+        try:
+            return epsilon_of(sigma)
+        except GridTooLargeError:
+            return math.inf
 
 
 # ------------------------------------------------------------------------------------------------ extrapolation

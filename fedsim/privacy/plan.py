@@ -13,7 +13,6 @@ heterogeneous sequence (``fedsim.privacy.accounting.epsilon_of_sequence``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -28,6 +27,7 @@ from fedsim.privacy.accounting import (
     epsilon_curve,
     epsilon_of_sequence,
     extrapolate,
+    probe_epsilon,
     sequence_curve,
 )
 from fedsim.privacy.sample_level import (
@@ -102,8 +102,9 @@ class PrivacyPlan:
     groups: tuple[ClientGroup, ...] = ()
     worst_group: ClientGroup | None = None
     worst_by_accountant: Mapping[str, ClientGroup] | None = None
-    """Sample level: the least protected group by each accountant (they can disagree); each one's ε is that
-    group's."""
+    """Sample level: the least protected group by each accountant at the planned rounds (they can disagree).
+    Every ε reported is the largest over ``groups`` at its own number of rounds (``spend_rounds``): the worst
+    group can change from round to round."""
     schedule: RoundSchedule | None = None
     """Full-batch strategies: the per-round mechanisms actually accounted (``mechanism`` then holds σ1, q = 1
     and the number of rounds, for display)."""
@@ -313,10 +314,8 @@ def _full_batch_plan(
     if sigma is None:
         assert cfg.target_epsilon is not None
 
-        def eps(s: float) -> float:
-            with warnings.catch_warnings():  # search probes: opacus' "optimal order at the end" warnings
-                warnings.filterwarnings("ignore", "Optimal order is the", UserWarning)
-                return epsilon_of_sequence(first, schedule(s).mechanisms(), cfg.delta)
+        def eps(s: float) -> float:  # a σ too small for the accountant's grid spends "more than any target"
+            return probe_epsilon(lambda x: epsilon_of_sequence(first, schedule(x).mechanisms(), cfg.delta), s)
 
         # Bracket by doubling first: with q = 1 a tiny σ makes the PLD/PRV grids explode, so the search only
         # evaluates σ within a factor 2 of the answer; then bisection to 0.1 % as for the other plans.
@@ -420,20 +419,29 @@ def spend_rounds(plan: PrivacyPlan, rounds: int | None = None) -> Spend:
 
 
 def _spend_per_group(plan: PrivacyPlan, rounds: int) -> Spend:
-    """Sample level: each accountant's curve for its own worst group, over the same federated rounds."""
-    assert plan.worst_by_accountant is not None and plan.worst_group is not None
+    """Sample level: at every point of every curve, the largest of the groups' ε by that accountant after that
+    many federated rounds. Each group's ε bounds its own clients', so the maximum is the run's guarantee; the
+    worst group can change from one round to the next (fewer, larger-q steps against more, smaller-q ones), so
+    no single group's curve will do. No group is skipped: with q = 1/s and s·rounds·epochs steps, no group has
+    both fewer steps and a smaller q than another (the per-point totals are cached per process)."""
+    assert plan.worst_group is not None
     epochs = plan.steps_per_round // plan.worst_group.steps_per_epoch
-    parts = {}
+    curve, total = {}, {}
+    rounds_at: list[int] = []
     for a in plan.accountants:
-        g = plan.worst_by_accountant[a]
-        mech = g.mechanism(plan.noise_multiplier, epochs=epochs, rounds=rounds)
-        parts[a] = spend(mech, plan.config.delta, (a,), steps_per_round=epochs * g.steps_per_epoch)
-    first = parts[plan.accountants[0]]
-    return Spend(
-        epsilon={a: p.epsilon[a] for a, p in parts.items()},
-        rounds_at=first.rounds_at,
-        curve={a: p.curve[a] for a, p in parts.items()},
-    )
+        parts = [
+            spend(
+                g.mechanism(plan.noise_multiplier, epochs=epochs, rounds=rounds),
+                plan.config.delta,
+                (a,),
+                steps_per_round=epochs * g.steps_per_epoch,
+            )
+            for g in plan.groups
+        ]
+        rounds_at = parts[0].rounds_at  # curve_steps(rounds) for every group
+        curve[a] = [max(p.curve[a][i] for p in parts) for i in range(len(rounds_at))]
+        total[a] = max(p.epsilon[a] for p in parts)
+    return Spend(epsilon=total, rounds_at=rounds_at, curve=curve)
 
 
 def plan_and_spend(

@@ -21,7 +21,7 @@ import numpy as np
 from fedsim.privacy.accounting import FLOAT64_NOISE_BOUND, describe_sampling, truncation_delta
 from fedsim.privacy.plan import PrivacyPlan, Spend, spend
 from fedsim.privacy.release import released_diagnostics
-from fedsim.privacy.sample_level import group_epsilons
+from fedsim.privacy.sample_level import group_epsilons, worst_group_by
 
 NOT_PRIVATE = "NOT PRIVATE: insecure seed"
 
@@ -196,19 +196,37 @@ def _full_batch_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
 
 
 def _sample_level_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
-    """What sample-level DP adds: the per-step mechanism's schedule, the worst clients and every group's ε."""
+    """What sample-level DP adds: the per-step mechanism's schedule, the worst clients and every group's ε.
+
+    The worst groups are those after ``rounds`` (what a stopped run composed), not at the planned rounds: the worst
+    group can change with the number of rounds, and each accountant's ε is its worst group's there (the largest).
+    """
     cfg = plan.config
     epochs = plan.steps_per_round // plan.worst_group.steps_per_epoch
     eps = group_epsilons(plan.groups, plan.noise_multiplier, cfg.delta, epochs=epochs, rounds=rounds)
+    worst = plan.groups[max(range(len(eps)), key=eps.__getitem__)]
+    by_accountant = {  # (cached: the spend computed every group's ε at these rounds)
+        a: worst
+        if a == "rdp"
+        else worst_group_by(a, plan.groups, plan.noise_multiplier, cfg.delta, epochs=epochs, rounds=rounds)
+        for a in plan.accountants
+    }
+    local_steps = epochs * worst.steps_per_epoch
     return {
-        "local_steps": plan.steps_per_round,
+        "local_steps": local_steps,
         "federated_rounds": rounds,
         "client_participation": "every round (worst case; no amplification by client sampling)",
         "worst_client": {
-            "steps_per_epoch": plan.worst_group.steps_per_epoch,
-            "examples": plan.population,
-            "expected_batch_size": plan.cohort,
+            "steps_per_epoch": worst.steps_per_epoch,
+            "examples": worst.min_examples,
+            "expected_batch_size": max(1, int(worst.min_examples * worst.sample_rate)),
         },
+        # the top-level mechanism keys describe the worst clients after these rounds (by RDP, as the table)
+        "population": worst.min_examples,
+        "sample_rate": worst.sample_rate,
+        "cohort": max(1, int(worst.min_examples * worst.sample_rate)),
+        "rounds": rounds * local_steps,
+        "rounds_planned": plan.rounds * local_steps,
         "worst_client_by_accountant": {
             a: {
                 "steps_per_epoch": g.steps_per_epoch,
@@ -216,7 +234,7 @@ def _sample_level_keys(plan: PrivacyPlan, rounds: int) -> dict[str, Any]:
                 "sample_rate": g.sample_rate,
                 "steps": rounds * epochs * g.steps_per_epoch,
             }
-            for a, g in (plan.worst_by_accountant or {}).items()
+            for a, g in by_accountant.items()
         },
         "client_groups": [
             {
