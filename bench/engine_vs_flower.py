@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from fedsim.engine.cohort import train_cohort_sequential  # noqa: E402
 from fedsim.engine.memory import memory_budget_bytes  # noqa: E402
 from fedsim.engine.messages import train_config  # noqa: E402
-from fedsim.engine.server import client_seed  # noqa: E402
+from fedsim.engine.rounds import client_seed  # noqa: E402
 from fedsim.engine.setup import build_data, build_initial_model  # noqa: E402
 from fedsim.engine.vectorized import train_cohort_vectorized  # noqa: E402
 from fedsim.engine.worker import training_device  # noqa: E402

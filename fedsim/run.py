@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsim.engine.preflight import check_before_run
-from fedsim.engine.server import RunSummary
+from fedsim.engine.rounds import RunSummary
 from fedsim.errors import ConfigError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir

@@ -37,7 +37,7 @@ from fedsim.deploy.submit import (
     write_connection,
     write_run_config,
 )
-from fedsim.engine.server import RunSummary
+from fedsim.engine.rounds import RunSummary
 from fedsim.errors import ConfigError, DeployError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir, read_metrics

@@ -23,7 +23,7 @@ from rich.console import Console
 import fedsim
 from fedsim.deploy.commands import NO_DEPENDENCY_INSTALL_ENV, SuperLinkAddress, connection_toml, run_command
 from fedsim.deploy.processes import Processes, last_lines, terminate_as_interrupt
-from fedsim.engine.server import RunSummary
+from fedsim.engine.rounds import RunSummary
 from fedsim.errors import ConfigError, DeployError
 from fedsim.flower_app import DONE_PREFIX, METRICS_PREFIX
 from fedsim.report import write_report

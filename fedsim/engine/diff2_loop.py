@@ -35,13 +35,15 @@ from fedsim import randomness
 from fedsim.data import FederatedData
 from fedsim.engine.messages import MESSAGE_TYPE_DIFF2, decode_diff2_reply, encode_diff2_request
 from fedsim.engine.placement import assign, partition_owners
+from fedsim.engine.rounds import RunSummary, round_timings
 from fedsim.engine.setup import noise_generator
+from fedsim.engine.transport import iter_replies
 from fedsim.errors import ConfigError, EngineError
 from fedsim.scenario.devices import DeviceProfiles
 from strategies.diff2 import DIFFERENCE, Diff2Strategy, finish_round, init, plan_round
 
 if TYPE_CHECKING:
-    from fedsim.engine.server import Engine, RunSummary
+    from fedsim.engine.server import Engine
 
 
 def check_full_participation(engine: Engine, data: FederatedData) -> None:
@@ -82,7 +84,6 @@ def run_diff2_loop(
     strategy: Diff2Strategy,
 ) -> RunSummary:
     """Run ``scenario.rounds`` rounds of ``strategy`` (DIFF2-GD or DP-GD) on the workers of ``grid``."""
-    from fedsim.engine.server import RunSummary, iter_replies, round_timings
 
     sc = engine.scenario
     check_full_participation(engine, data)
@@ -102,7 +103,7 @@ def run_diff2_loop(
         epsilon_at = epsilon_every_round(spent)
     cfg = strategy.config
     generator = noise_generator(sc)
-    identities = engine._await_prepared(grid, pending_prepare)
+    identities = engine.await_prepared(grid, pending_prepare)
     owners = partition_owners(identities, population=population, mode=engine.placement)
     by_node = {n: c for n, c in assign(range(population), nodes, owners).items() if c}
     spec = flat_spec(model)

@@ -27,6 +27,8 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedsim.data import FederatedData
+from fedsim.engine.rounds import RunSummary, check_loop_privacy, client_seed, evaluate
+from fedsim.engine.transport import UNAVAILABLE_CODES
 from fedsim.protocol import ClientTask
 from fedsim.randomness import Stream, generator
 from fedsim.scenario.devices import DeviceProfiles
@@ -35,7 +37,7 @@ from strategies.asynchronous import TICKS_PER_SECOND, EventStrategy, Step, to_ti
 if TYPE_CHECKING:
     from flwr.app import Message
 
-    from fedsim.engine.server import Engine, RunSummary
+    from fedsim.engine.server import Engine
 
 
 class PendingResults:
@@ -108,14 +110,13 @@ def run_event_loop(
         ConfigError: a DP scenario (this loop adds no noise; refused before any step).
     """
     from fedsim.engine.placement import partition_owners
-    from fedsim.engine.server import RunSummary, check_loop_privacy, evaluate
 
     sc = engine.scenario
     check_loop_privacy(sc, "event")
     m = sc.population.clients
     model_bytes = sum(v.numel() * v.element_size() for v in params.values())
     profiles = DeviceProfiles.sample(sc.population.devices, m, generator(sc.seed, Stream.DEVICE))
-    identities = engine._await_prepared(grid, pending_prepare)
+    identities = engine.await_prepared(grid, pending_prepare)
     owners = partition_owners(identities, population=m, mode=engine.placement)
     if owners is not None and strategy.rule.on_arrival:  # real devices: steps follow the real arrivals
         return run_arrival_loop(
@@ -225,7 +226,6 @@ def _dispatch(
     owners: Mapping[int, int] | None,
 ) -> float:
     """Train the runs ``step`` starts from ``params``; hold their results until their step. Returns seconds."""
-    from fedsim.engine.server import client_seed
 
     sc = engine.scenario
     window = strategy.rule.window if strategy.rule.name == "fedfix" else 0
@@ -243,7 +243,7 @@ def _dispatch(
     if not tasks:
         return 0.0
     t0 = time.monotonic()
-    replies = engine._train_round(
+    replies = engine.train_round(
         grid, nodes, step.index + 1, params, [t.cid for t in tasks], {}, owners=owners, tasks=tasks
     )
     start_of = {d.cid: d.start for d in step.dispatched}
@@ -281,7 +281,6 @@ def run_arrival_loop(
     from flwr.app import Message
 
     from fedsim.engine.messages import MESSAGE_TYPE_TRAIN, decode_train_reply, encode_train_request
-    from fedsim.engine.server import UNAVAILABLE_CODES, RunSummary, client_seed, evaluate
 
     sc = engine.scenario
     m = sc.population.clients

@@ -31,12 +31,14 @@ from fedsim.data import FederatedData
 from fedsim.engine.gossip_network import build_network, owners_by_shard
 from fedsim.engine.messages import MESSAGE_TYPE_GOSSIP, decode_gossip_report, encode_gossip_order
 from fedsim.engine.placement import assign, partition_owners
+from fedsim.engine.rounds import RunSummary, check_loop_privacy
+from fedsim.engine.transport import iter_replies
 from fedsim.errors import EngineError
 from fedsim.gossip.simulator import evaluate_nodes
 from fedsim.gossip.supersteps import Coordinator, ShardReport, gather
 
 if TYPE_CHECKING:
-    from fedsim.engine.server import Engine, RunSummary
+    from fedsim.engine.server import Engine
 
 
 def run_gossip_loop(
@@ -53,13 +55,12 @@ def run_gossip_loop(
     Raises:
         ConfigError: a DP scenario (gossip has no DP mechanism here; refused before any superstep).
     """
-    from fedsim.engine.server import RunSummary, check_loop_privacy, iter_replies
 
     sc = engine.scenario
     check_loop_privacy(sc, "gossip")
     g, n = sc.gossip_settings, sc.population.clients
     network = build_network(sc, data, model)
-    identities = engine._await_prepared(grid, pending_prepare)
+    identities = engine.await_prepared(grid, pending_prepare)
     owners = partition_owners(identities, population=n, mode=engine.placement)
     node_of = {w: c for w, c in assign(range(n), nodes, owners).items() if c}
     workers, owner = owners_by_shard(node_of, n)

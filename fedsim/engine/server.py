@@ -18,16 +18,13 @@ early), and a node that disconnects only drops its client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from flwr.app import Message
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from torch import nn
 
 from fedsim.data import FederatedData
 from fedsim.engine.messages import (
@@ -40,11 +37,50 @@ from fedsim.engine.messages import (
 )
 from fedsim.engine.placement import NodeIdentity, assign, partition_owners, read_node_identity
 from fedsim.engine.placement import shard as shard  # re-exported: the stable sharding rule
+from fedsim.engine.rounds import (  # re-exported: tests and callers import them from here too
+    LOOP_PRIVACY as LOOP_PRIVACY,
+)
+from fedsim.engine.rounds import (
+    Recorder as Recorder,
+)
+from fedsim.engine.rounds import (
+    RunSummary as RunSummary,
+)
+from fedsim.engine.rounds import (
+    check_loop_privacy as check_loop_privacy,
+)
+from fedsim.engine.rounds import (
+    client_seed as client_seed,
+)
+from fedsim.engine.rounds import (
+    evaluate as evaluate,
+)
+from fedsim.engine.rounds import (
+    loop_of as loop_of,
+)
+from fedsim.engine.rounds import (
+    round_timings as round_timings,
+)
 from fedsim.engine.setup import build_data, build_initial_model, cohort_seed, evaluation_data, noise_generator
-from fedsim.errors import ConfigError, EngineError
+from fedsim.engine.transport import (
+    UNAVAILABLE_CODES as UNAVAILABLE_CODES,
+)
+from fedsim.engine.transport import (
+    RoundReplies as RoundReplies,
+)
+from fedsim.engine.transport import (
+    collect_replies as collect_replies,
+)
+from fedsim.engine.transport import (
+    iter_replies as iter_replies,
+)
+from fedsim.engine.transport import (
+    wait_for_workers as wait_for_workers,
+)
+from fedsim.errors import EngineError
 from fedsim.privacy.release import release_row
 from fedsim.protocol import ClientTask, WorkerResult
-from fedsim.randomness import Stream, derive_int, generator
+from fedsim.randomness import Stream, generator
 from fedsim.scenario import Scenario
 from fedsim.scenario.devices import DeviceProfiles
 from strategies import Decentralised, EventStrategy, ReducedUpdates, build_strategy
@@ -52,146 +88,6 @@ from strategies.base import RoundPlan
 
 if TYPE_CHECKING:
     from fedsim.privacy.plan import PrivacyPlan, Spend
-
-
-class Recorder(Protocol):
-    """Where the loop puts what it produces (a results folder, or memory in tests)."""
-
-    def write_round(self, row: Mapping[str, Any]) -> None: ...
-
-    def save_checkpoint(
-        self, *, round: int, params: Mapping[str, torch.Tensor], strategy_state: Any, final: bool = False
-    ) -> None:
-        """Keep a checkpoint; ``final``: the run's last one (its model is the run's result)."""
-
-
-@dataclass
-class RunSummary:
-    """The outcome of a finished run: its length and the last metrics row."""
-
-    rounds: int
-    last_row: dict[str, Any] = field(default_factory=dict)
-
-
-def wait_for_workers(
-    grid: Grid, *, expected: int | None, timeout_s: float, poll_s: float = 0.2, settle_s: float = 2.0
-) -> list[int]:
-    """Block until ``expected`` workers have registered (or, if unknown, until their number settles).
-
-    Raises:
-        EngineError: the deadline passed first.
-    """
-    deadline = time.monotonic() + timeout_s
-    last: list[int] = []
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        nodes = sorted(int(n) for n in grid.get_node_ids())
-        if nodes != last:
-            last, stable_since = nodes, time.monotonic()
-        if expected is not None and len(nodes) >= expected:
-            return nodes[:expected] if len(nodes) > expected else nodes
-        if expected is None and nodes and time.monotonic() - stable_since >= settle_s:
-            return nodes
-        time.sleep(poll_s)
-    want = f"{expected}" if expected is not None else "at least 1"
-    raise EngineError(
-        f"engine.register_timeout_s: only {len(last)} of {want} workers registered within {timeout_s:g} s."
-    )
-
-
-# Replies Flower's runtime makes itself when the destination cannot answer: the node went away (or the message
-# expired). The client is counted as dropped and the run goes on; every other error stops the run.
-UNAVAILABLE_CODES = frozenset(
-    {
-        ErrorCode.MESSAGE_UNAVAILABLE,
-        ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
-        ErrorCode.NODE_UNAVAILABLE,
-        ErrorCode.CLIENT_APP_CRASHED,
-    }
-)
-
-
-def iter_replies(
-    grid: Grid,
-    message_ids: Iterable[str],
-    *,
-    timeout_s: float,
-    poll_s: float = 0.005,
-    max_poll_s: float | None = None,
-) -> Iterator[Message]:
-    """Yield the replies to ``message_ids`` as they arrive, until all have come or ``timeout_s`` passed.
-
-    The caller may stop early (e.g. after the first K replies); nothing more is pulled then. Between empty
-    pulls it sleeps ``poll_s``, doubling up to ``max_poll_s`` (default: no growth). Flower's
-    ``send_and_receive`` polls every 0.1 s and returns only when all replies are in; polling at 5 ms takes up to
-    0.1 s off every simulated round, and growing to 0.1 s spares a remote SuperLink a busy loop.
-    """
-    deadline = time.monotonic() + timeout_s
-    waiting, pause = set(message_ids), poll_s
-    while waiting and time.monotonic() < deadline:
-        got = list(grid.pull_messages(sorted(waiting)))
-        waiting -= {r.metadata.reply_to_message_id for r in got}
-        yield from got
-        if waiting and not got:
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, max_poll_s or poll_s)
-        elif got:
-            pause = poll_s
-
-
-def collect_replies(
-    grid: Grid, message_ids: Iterable[str], *, timeout_s: float, poll_s: float = 0.005
-) -> list[Message]:
-    """Pull the replies to ``message_ids`` until all have come or ``timeout_s`` passed; return those that came."""
-    return list(iter_replies(grid, message_ids, timeout_s=timeout_s, poll_s=poll_s))
-
-
-@dataclass
-class RoundReplies:
-    """What came back from one round's messages, and which clients were lost on the way."""
-
-    results: list[WorkerResult]
-    lost_timeout: list[int] = field(default_factory=list)
-    """Clients whose node did not answer before the round deadline."""
-    lost_unavailable: list[int] = field(default_factory=list)
-    """Clients whose node went away (Flower answered for it: node unavailable, ClientApp crashed)."""
-    late: list[int] = field(default_factory=list)
-    """Clients whose reply was not waited for: the round plan's quorum was reached first."""
-    round_trip_s: float = 0.0
-
-
-def client_seed(scenario_seed: int, round: int, cid: int) -> int:
-    """The training seed of client ``cid`` in ``round`` (31-bit; independent of sharding)."""
-    return derive_int(scenario_seed, Stream.CLIENT_SEED, round, cid, bits=31)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
-    return loss_sum / len(x), correct / len(x)
-
-
-def round_timings(*, start: float, t0: float, t_replies: float, t_aggregated: float, train_s: float) -> dict[str, float]:
-    """A round's timing keys (monotonic clock readings: run start, round start, replies in, aggregated; now =
-    the end): wall so far, the round's wall, and its split into dispatch, training, aggregation, evaluation."""
-    done = time.monotonic()
-    return {
-        "wall_time_s": round(done - start, 4),
-        "round_wall_s": round(done - t0, 4),
-        "time_dispatch_s": round(t_replies - t0 - train_s, 4),
-        "time_train_s": round(train_s, 4),
-        "time_aggregate_s": round(t_aggregated - t_replies, 4),
-        "time_eval_s": round(done - t_aggregated, 4),
-    }
 
 
 def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.Tensor]) -> ReducedUpdates:
@@ -209,46 +105,6 @@ def reduce_replies(results: Sequence[WorkerResult], params: Mapping[str, torch.T
             name: tuple(x for r in results for x in r.client_stats.get(name, []))
             for name in sorted({n for r in results for n in r.client_stats})
         },
-    )
-
-
-LOOP_PRIVACY: Mapping[str, frozenset[str]] = {
-    "sync": frozenset({"client", "sample"}),
-    "diff2": frozenset({"sample"}),
-    "event": frozenset(),
-    "gossip": frozenset(),
-}
-"""The DP levels each run loop implements (noise, accounting, secret cohorts); the others it refuses."""
-
-
-def loop_of(strategy: Any) -> str:
-    """Which run loop drives ``strategy``: ``gossip``, ``event``, ``diff2`` or ``sync``."""
-    from strategies.diff2 import Diff2Strategy
-
-    if isinstance(strategy, Decentralised):
-        return "gossip"
-    if isinstance(strategy, EventStrategy):
-        return "event"
-    if isinstance(strategy, Diff2Strategy):
-        return "diff2"
-    return "sync"
-
-
-def check_loop_privacy(scenario: Scenario, loop: str) -> None:
-    """Refuse a DP scenario in a loop that does not implement its level: such a run would add no noise and
-    still write an ε. Validation refuses it too, but the Flower App's ``scenario-json`` path skips validation.
-
-    Raises:
-        ConfigError: naming ``privacy`` and the loop.
-    """
-    if scenario.privacy is None or scenario.privacy.level in LOOP_PRIVACY[loop]:
-        return
-    levels = sorted(LOOP_PRIVACY[loop])
-    raise ConfigError(
-        "privacy",
-        f"null with strategy {scenario.strategy.name!r}: its {loop} loop implements "
-        + (f"DP level {' or '.join(map(repr, levels))} only" if levels else "no differential privacy"),
-        scenario.privacy.level,
     )
 
 
@@ -409,7 +265,7 @@ class Engine:
             sc.population.devices, sc.population.clients, generator(sc.seed, Stream.DEVICE)
         )
         secret_cohort = sc.privacy is not None and sc.privacy.level == "client"
-        identities = self._await_prepared(grid, pending)
+        identities = self.await_prepared(grid, pending)
         owners = partition_owners(identities, population=sc.population.clients, mode=self.placement)
 
         summary = RunSummary(rounds=sc.rounds)
@@ -432,7 +288,7 @@ class Engine:
             )  # fmt: skip
             fails = rng.random(len(present)) < profiles.failure
             started = [c for c, f in zip(present, fails, strict=True) if not f]
-            replies = self._train_round(
+            replies = self.train_round(
                 grid, nodes, rnd, params, started, plan.config, owners=owners, quorum=plan.quorum
             )
             results = replies.results
@@ -501,7 +357,7 @@ class Engine:
         ]
         return dict(zip(grid.push_messages(messages), nodes, strict=True))
 
-    def _await_prepared(self, grid: Grid, pending: dict[str, int]) -> dict[int, NodeIdentity]:
+    def await_prepared(self, grid: Grid, pending: dict[str, int]) -> dict[int, NodeIdentity]:
         """Wait (with the round deadline) until every worker is ready; return what each says about itself
         (its partition, in deployment).
 
@@ -522,7 +378,7 @@ class Engine:
             decode_prepare_reply(r.content)  # a reply of the wrong shape fails here, before round 1
         return {pending[r.metadata.reply_to_message_id]: read_node_identity(r.content) for r in replies}
 
-    def _train_round(
+    def train_round(
         self,
         grid: Grid,
         nodes: Sequence[int],

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.engine.server import RunSummary
+from fedsim.engine.rounds import RunSummary
 from fedsim.report import write_report
 from fedsim.run import RunOutcome
 from fedsim.scenario import parse_scenario

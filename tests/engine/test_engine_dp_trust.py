@@ -37,13 +37,13 @@ def run(privacy, monkeypatch=None, **over):
     sc = parse_scenario({**SMALL, **over, "privacy": privacy})
     cohorts: list[list[int]] = []
     if monkeypatch is not None:
-        train_round = Engine._train_round
+        train_round = Engine.train_round
 
         def spy(self, grid, nodes, rnd, params, clients, *args, **kwargs):
             cohorts.append(sorted(clients))
             return train_round(self, grid, nodes, rnd, params, clients, *args, **kwargs)
 
-        monkeypatch.setattr(Engine, "_train_round", spy)
+        monkeypatch.setattr(Engine, "train_round", spy)
     rec = MemoryRecorder()
     engine = Engine(sc, rec, expected_workers=2)
     engine.run(LocalGrid([11, 22]))
