@@ -11,20 +11,11 @@ Each check runs in a fresh interpreter (the test process has torch imported alre
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+from tests.fresh_python import python
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def python(code: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
 
 
 def test_registries_declare_and_resolve_every_choice_without_torch():
