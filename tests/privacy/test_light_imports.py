@@ -15,8 +15,6 @@ from pathlib import Path
 
 from tests.fresh_python import python
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_registries_declare_and_resolve_every_choice_without_torch():
     out = python(

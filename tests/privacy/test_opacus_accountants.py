@@ -7,11 +7,7 @@ Each check runs in a fresh interpreter: the test process has usually imported op
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tests.fresh_python import python
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_light_load_gives_opacus_own_numbers_and_leaves_the_real_package_importable():
