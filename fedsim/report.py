@@ -198,10 +198,12 @@ def _gossip_settings(scenario: Scenario) -> list[str]:
     ]
 
 
-def withholds_diagnostics(scenario: Scenario) -> bool:
-    """A DP run that keeps its diagnostics back: its report shows none, wall time included (it depends on who
-    trained; ``fedsim.privacy.release``)."""
-    return scenario.privacy is not None and not scenario.privacy.release_diagnostics
+def withholds(scenario: Scenario, name: str) -> bool:
+    """Whether a DP run keeps the field ``name`` back from what it publishes: ``fedsim.privacy.release`` decides
+    which fields are privatised (wall time is not: it depends on who trained)."""
+    from fedsim.privacy.release import is_privatised
+
+    return scenario.privacy is not None and not scenario.privacy.release_diagnostics and not is_privatised(name)
 
 
 def _checkpoints_note(scenario: Scenario, gossip: bool) -> str:
@@ -250,7 +252,7 @@ def write_report(
         "|---|---|",
         *table,
         f"| virtual time (s) | {fmt(rows[-1].get('virtual_time_s') if rows else None)} |",
-        *([] if withholds_diagnostics(scenario) else [f"| wall time (s, incl. start-up) | {wall_s:.1f} |"]),
+        *([] if withholds(scenario, "wall_time_s") else [f"| wall time (s, incl. start-up) | {wall_s:.1f} |"]),
         "",
         "## Settings",
         "",
