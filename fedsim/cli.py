@@ -17,6 +17,8 @@ from fedsim import __version__
 from fedsim.errors import ConfigError, FedsimError
 
 if TYPE_CHECKING:
+    from fedsim.engine.stopping import RunStopped
+    from fedsim.resume import ResumePoint
     from fedsim.scenario import Scenario
 
 app = typer.Typer(
@@ -68,7 +70,10 @@ def with_overrides(
 
 @app.command()
 def run(
-    scenario: ScenarioArg,
+    scenario: Annotated[
+        Path | None,
+        typer.Argument(help="Scenario file (YAML), e.g. scenarios/quickstart.yaml (optional with --resume)."),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Results root folder (default: the scenario's output.dir)."),
@@ -82,31 +87,85 @@ def run(
             "(results under <name>-no-privacy).",
         ),
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue a stopped run (Ctrl-C, SIGTERM, kill -9, a crash) in its results folder from its newest "
+            "checkpoint; the result is the same as a run that was never stopped.",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress display; only the summary line.")
     ] = False,
 ) -> None:
     """Simulate a scenario; results go to <output.dir>/<name>/<timestamp>/.
 
-    Prints a live progress bar, then one summary line with test_accuracy= and the results folder.
+    Prints a live progress bar, then one summary line with test_accuracy= and the results folder. Ctrl-C or
+    SIGTERM stops at the next safe point with a checkpoint and prints the command that resumes the run.
     """
-    from fedsim.scenario import load_scenario
-
-    sc = with_overrides(load_scenario(scenario), str(scenario), rounds=rounds, no_privacy=no_privacy)
-    if output is not None:  # the scenario's output.dir was checked with the file
-        from fedsim.scenario.checks import check_output_root
-
-        try:
-            check_output_root(output, sc.name, field="--output")
-        except ConfigError as exc:
-            raise exc.with_source(str(scenario)) from None
+    from fedsim.engine.stopping import RunStopped
     from fedsim.run import run_scenario
 
+    if resume is not None:
+        point = _resume_point(resume, scenario, output=output, rounds=rounds, no_privacy=no_privacy)
+        if point is None:
+            return
+        sc, source = point.scenario, str(resume / "scenario.yaml")
+    elif scenario is None:
+        raise ConfigError("SCENARIO", "a scenario file, or --resume RUN_DIR", None)
+    else:
+        from fedsim.scenario import load_scenario
+
+        point, source = None, str(scenario)
+        sc = with_overrides(load_scenario(scenario), source, rounds=rounds, no_privacy=no_privacy)
+        if output is not None:  # the scenario's output.dir was checked with the file
+            from fedsim.scenario.checks import check_output_root
+
+            try:
+                check_output_root(output, sc.name, field="--output")
+            except ConfigError as exc:
+                raise exc.with_source(source) from None
     try:
-        outcome = run_scenario(sc, output_root=output, show_progress=not quiet)
+        outcome = run_scenario(sc, output_root=output, show_progress=not quiet, resume=point)
     except ConfigError as exc:  # e.g. privacy settings that cannot be accounted: attribute them to the file
-        raise (exc if exc.source else exc.with_source(str(scenario))) from None
+        raise (exc if exc.source else exc.with_source(source)) from None
+    except RunStopped as exc:
+        typer.echo(stopped_line(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
     typer.echo(outcome.summary_line())
+
+
+def _resume_point(
+    run_dir: Path, scenario: Path | None, *, output: Path | None, rounds: int | None, no_privacy: bool
+) -> ResumePoint | None:
+    """The checkpoint ``--resume`` continues from; None (after saying so) when the run had finished."""
+    from fedsim.resume import find_resume_point
+    from fedsim.scenario import load_scenario
+
+    for option, given in (("--output", output is not None), ("--rounds", rounds is not None),
+                          ("--no-privacy", no_privacy)):  # fmt: skip
+        if given:
+            raise ConfigError(option, "left out with --resume (a run continues under the settings it started with)", None)
+    named = load_scenario(scenario) if scenario is not None else None
+    point = find_resume_point(run_dir, scenario=named)
+    if point.finished:
+        typer.echo(f"fedsim: {run_dir} finished at step {point.step}: nothing to resume (its results are there).")
+        return None
+    return point
+
+
+def stopped_line(exc: RunStopped) -> str:
+    """The one line a stopped run prints: where it stopped and the command that continues it."""
+    import shlex
+
+    if exc.checkpoint is None:
+        return f"fedsim: stopped by {exc.signal_name} before the first step; nothing to resume (run it again)."
+    run_dir = exc.checkpoint.parent.parent
+    return (
+        f"fedsim: stopped by {exc.signal_name} after step {exc.step}; checkpoint written. "
+        f"Resume with: fedsim run --resume {shlex.quote(str(run_dir))}"
+    )
 
 
 @app.command()

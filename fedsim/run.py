@@ -14,9 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsim.engine.preflight import check_before_run
 from fedsim.engine.rounds import RunSummary
+from fedsim.engine.stopping import StopRequest, stop_on_signals
 from fedsim.errors import ConfigError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
+from fedsim.resume import ResumePoint
 from fedsim.scenario import Scenario
 from fedsim.tally import closing_line, position, progress_status, step_line
 
@@ -87,15 +89,23 @@ def check_machine(scenario: Scenario) -> None:
 
 
 def run_scenario(
-    scenario: Scenario, *, output_root: str | Path | None = None, show_progress: bool = True
+    scenario: Scenario,
+    *,
+    output_root: str | Path | None = None,
+    show_progress: bool = True,
+    resume: ResumePoint | None = None,
 ) -> RunOutcome:
-    """Run a scenario; results land in ``<output_root or output.dir>/<name>/<timestamp>/``.
+    """Run a scenario; results land in ``<output_root or output.dir>/<name>/<timestamp>/``, or, with ``resume``,
+    continue a stopped run in its own folder from its newest checkpoint.
 
     The metrics of finished rounds stay on disk whatever happens; on failure the report is still written for
-    the rounds that completed, and the exception propagates.
+    the rounds that completed, and the exception propagates. Ctrl-C, SIGTERM and SIGHUP stop the run at the next
+    safe point with a checkpoint (``RunStopped``, which names it); a second one stops at once.
     """
     from fedsim.engine.simulation import backend_workers, choose_backend, simulate
 
+    if resume is not None:
+        scenario = resume.scenario
     check_before_run(scenario)
     check_machine(scenario)
     backend = choose_backend(
@@ -107,20 +117,33 @@ def run_scenario(
 
         privacy = plan_and_spend(scenario)
     t0 = time.monotonic()
-    path = new_run_dir(scenario, root=output_root)
-    run_dir = RunDir(path, scenario)
+    if resume is None:
+        path = new_run_dir(scenario, root=output_root)
+        run_dir = RunDir(path, scenario)
+    else:
+        path = resume.run_dir
+        run_dir = RunDir(path, scenario, rows=resume.rows)
+    wall_before = float(resume.state["wall_s"]) if resume is not None else 0.0
     console = Console(file=sys.stderr, quiet=not show_progress)
+    stop = StopRequest()
     try:
-        workers = backend_workers(scenario, backend)
-        started = f"{workers} {backend.name} worker{'s' if workers > 1 else ''} ({backend.reason})"
-        with ProgressDisplay(console, scenario, backend=started) as display:
-            summary = simulate(scenario, run_dir, on_round=display, privacy=privacy, backend=backend)
+        with stop_on_signals(stop):
+            workers = backend_workers(scenario, backend)
+            started = f"{workers} {backend.name} worker{'s' if workers > 1 else ''} ({backend.reason})"
+            if resume is not None:
+                started += f", resuming after {resume.step}"
+            with ProgressDisplay(console, scenario, backend=started) as display:
+                summary = simulate(
+                    scenario, run_dir, on_round=display, privacy=privacy, backend=backend, stop=stop,
+                    resume=resume.state if resume is not None else None,
+                )  # fmt: skip
     except BaseException:
         run_dir.close()
         if run_dir.rows:
-            write_report(path, scenario, run_dir.rows, wall_s=time.monotonic() - t0, privacy=privacy)
+            wall = wall_before + time.monotonic() - t0
+            write_report(path, scenario, run_dir.rows, wall_s=wall, privacy=privacy)
         raise
     run_dir.close()
-    wall = time.monotonic() - t0
+    wall = wall_before + time.monotonic() - t0
     write_report(path, scenario, run_dir.rows, wall_s=wall, privacy=privacy)
     return RunOutcome(path=path, summary=summary, wall_s=wall, scenario=scenario, rows=run_dir.rows)

@@ -41,7 +41,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -313,6 +313,9 @@ class EventStrategy:
     the framework's rule; momentum or Adam as with FedOpt). ``weights``: p_i proportional to the clients'
     examples (``data``) or 1/M (``uniform``).
     """
+
+    family: ClassVar[str] = "event"
+    """The loop that runs it (``fedsim.engine.loop.FAMILIES``)."""
 
     rule: Rule
     server: FedAvg

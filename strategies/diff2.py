@@ -45,7 +45,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
@@ -393,6 +393,9 @@ class Diff2Strategy:
 
     ``noise_ratio`` is σ2/σ1, used when σ1 comes from the scenario's ``privacy`` block (given or calibrated).
     """
+
+    family: ClassVar[str] = "diff2"
+    """The loop that runs it (``fedsim.engine.loop.FAMILIES``)."""
 
     name: str
     config: Diff2Config

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ class FedAvg:
         clients_per_round: cohort size (fewer when fewer clients are available).
         server_optimizer: the scenario's ``strategy.server_optimizer`` mapping ({name, **kwargs}).
     """
+
+    family: ClassVar[str] = "sync"
+    """The loop that runs it (``fedsim.engine.loop.FAMILIES``)."""
 
     clients_per_round: int
     server_optimizer: Mapping[str, Any]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from fedsim.errors import ConfigError
 
@@ -17,6 +17,9 @@ from fedsim.errors import ConfigError
 @dataclass(frozen=True)
 class Decentralised:
     """Marker: no global model; the nodes train, exchange and merge (settings in the scenario's ``gossip`` block)."""
+
+    family: ClassVar[str] = "gossip"
+    """The loop that runs it (``fedsim.engine.loop.FAMILIES``)."""
 
 
 def make_gossip(*, args: Mapping[str, Any], **_: Any) -> Decentralised:

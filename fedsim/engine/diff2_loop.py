@@ -21,34 +21,29 @@ test set, ``clip_fraction`` the fraction of per-example rows clipped, ``noise_st
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from flwr.app import Message
-from flwr.serverapp import Grid
 from torch import nn
 from torch.func import functional_call
 
 from clients.diff2_client import flat_spec, flatten, unflatten
-from fedsim import randomness
 from fedsim.data import FederatedData
+from fedsim.engine.loop import RunContext, StepResult
 from fedsim.engine.messages import MESSAGE_TYPE_DIFF2, decode_diff2_reply, encode_diff2_request
-from fedsim.engine.placement import assign, partition_owners
-from fedsim.engine.rounds import RunSummary, round_timings
+from fedsim.engine.placement import assign
 from fedsim.engine.setup import noise_generator
 from fedsim.engine.transport import iter_replies
 from fedsim.errors import ConfigError, EngineError
-from fedsim.scenario.devices import DeviceProfiles
-from strategies.diff2 import DIFFERENCE, Diff2Strategy, finish_round, init, plan_round
-
-if TYPE_CHECKING:
-    from fedsim.engine.server import Engine
+from fedsim.scenario import Scenario
+from strategies.diff2 import DIFFERENCE, Diff2State, Diff2Strategy, finish_round, init, plan_round
 
 
-def check_full_participation(engine: Engine, data: FederatedData) -> None:
+def check_full_participation(scenario: Scenario, data: FederatedData) -> None:
     """The settings DIFF2/DP-GD need, checked again here (``fedsim.scenario.load`` checks them first)."""
-    sc = engine.scenario
+    sc = scenario
     if sc.strategy.clients_per_round != sc.population.clients:
         raise ConfigError(
             "strategy.clients_per_round",
@@ -72,66 +67,67 @@ def test_mse(
     return float(((out - targets) ** 2).mean())
 
 
-def run_diff2_loop(
-    engine: Engine,
-    grid: Grid,
-    *,
-    nodes: Sequence[int],
-    pending_prepare: dict[str, int],
-    data: FederatedData,
-    model: nn.Module,
-    params: dict[str, torch.Tensor],
-    strategy: Diff2Strategy,
-) -> RunSummary:
-    """Run ``scenario.rounds`` rounds of ``strategy`` (DIFF2-GD or DP-GD) on the workers of ``grid``."""
+class Diff2Loop:
+    """``scenario.rounds`` full-batch rounds of DIFF2-GD or DP-GD (``strategies.diff2``) on the workers.
 
-    sc = engine.scenario
-    check_full_participation(engine, data)
-    population = sc.population.clients
-    sizes = [data.num_examples(c) for c in range(population)]
-    if min(sizes) < 1:
-        raise ConfigError("data", "a partition in which every client has training examples", "one has none")
-    epsilon_at: Mapping[int, Mapping[str, float]] = {}
-    if sc.privacy is not None:
-        from fedsim.privacy.plan import plan_and_spend
-        from strategies.dp import epsilon_every_round
+    Its state between rounds: the recursion's state (x_{r−1}, x_{r−2}, v_{r−1}), the noise generator's state and
+    the virtual clock. The workers keep x_{r−1} for the next difference round; a restored loop sends x_{r−2} with
+    its first round, so fresh workers can compute that round's differences.
+    """
 
-        engine.privacy = engine.privacy or plan_and_spend(sc, sizes)
-        plan, spent = engine.privacy
-        assert plan.schedule is not None
-        strategy = strategy.with_noise(plan.schedule.noise_multiplier1)
-        epsilon_at = epsilon_every_round(spent)
-    cfg = strategy.config
-    generator = noise_generator(sc)
-    identities = engine.await_prepared(grid, pending_prepare)
-    owners = partition_owners(identities, population=population, mode=engine.placement)
-    by_node = {n: c for n, c in assign(range(population), nodes, owners).items() if c}
-    spec = flat_spec(model)
-    model_bytes = sum(v.numel() * v.element_size() for v in params.values())
-    profiles = DeviceProfiles.sample(
-        sc.population.devices, population, randomness.generator(sc.seed, randomness.Stream.DEVICE)
-    )
-    state = init(flatten(params, spec))
-    summary = RunSummary(rounds=sc.rounds)
-    start, virtual_time = time.monotonic(), 0.0
-    for rnd in range(1, sc.rounds + 1):
-        t0 = time.monotonic()
-        plan_r = plan_round(cfg, state)
+    family: ClassVar[str] = "diff2"
+    privacy_levels: ClassVar[frozenset[str]] = frozenset({"sample"})
+
+    def __init__(self, run: RunContext, strategy: Diff2Strategy) -> None:
+        sc = run.scenario
+        self.run = run
+        check_full_participation(sc, run.data)
+        population = sc.population.clients
+        self.sizes = [run.data.num_examples(c) for c in range(population)]
+        if min(self.sizes) < 1:
+            raise ConfigError(
+                "data", "a partition in which every client has training examples", "one has none"
+            )
+        self.epsilon_at: Mapping[int, Mapping[str, float]] = {}
+        if sc.privacy is not None:
+            from strategies.dp import epsilon_every_round
+
+            assert run.privacy is not None  # the driver resolved the plan and spend
+            plan, spent = run.privacy
+            assert plan.schedule is not None
+            strategy = strategy.with_noise(plan.schedule.noise_multiplier1)
+            self.epsilon_at = epsilon_every_round(spent)
+        self.cfg = strategy.config
+        self.noise = noise_generator(sc)
+        self.by_node = {n: c for n, c in assign(range(population), run.nodes, run.owners).items() if c}
+        self.spec = flat_spec(run.model)
+        self.state = init(flatten(run.params, self.spec))
+        self.virtual_time = 0.0
+        self.hand_over_previous = False  # True after a restore: the workers do not hold x_{r−2}
+
+    def step(self) -> StepResult | None:
+        run, sc = self.run, self.run.scenario
+        rnd = self.state.round + 1
+        if rnd > sc.rounds:
+            return None
+        population = sc.population.clients
+        plan_r = plan_round(self.cfg, self.state)
+        x_prev = self.state.x_prev if self.hand_over_previous else None
         messages = [
             Message(
                 content=encode_diff2_request(
-                    scenario=engine.scenario_dict, round=rnd, x=state.x, kind=plan_r.kind, radius=plan_r.radius,
-                    client_ids=cids,
+                    scenario=run.engine.scenario_dict, round=rnd, x=self.state.x, kind=plan_r.kind,
+                    radius=plan_r.radius, client_ids=cids, x_prev=x_prev,
                 ),
                 message_type=MESSAGE_TYPE_DIFF2,
                 dst_node_id=node,
             )
-            for node, cids in by_node.items()
+            for node, cids in self.by_node.items()
         ]  # fmt: skip
-        node_of = dict(zip(grid.push_messages(messages), by_node, strict=True))
+        node_of = dict(zip(run.grid.push_messages(messages), self.by_node, strict=True))
         replies = {}
         timeout = sc.engine.round_timeout_s
-        for reply in iter_replies(grid, node_of, timeout_s=timeout, max_poll_s=engine.max_poll_s):
+        for reply in iter_replies(run.grid, node_of, timeout_s=timeout, max_poll_s=run.engine.max_poll_s):
             node = node_of[reply.metadata.reply_to_message_id]
             if reply.has_error():
                 raise EngineError(
@@ -139,34 +135,35 @@ def run_diff2_loop(
                     f"round: {reply.error.reason}"
                 )
             replies[node] = decode_diff2_reply(reply.content)
-        missing = sorted(n for n in by_node if n not in replies)
+        missing = sorted(n for n in self.by_node if n not in replies)
         if missing:
             raise EngineError(
                 f"engine.round_timeout_s: workers {missing} did not answer round {rnd} within {timeout:g} s; "
                 f"{sc.strategy.name} needs every client every round"
             )
+        self.hand_over_previous = False
         t_replies = time.monotonic()
         ordered = [replies[n] for n in sorted(replies)]
         clipped_sum = sum((r.clipped_sum for r in ordered[1:]), ordered[0].clipped_sum.clone())
         grad = sum((r.grad_sum for r in ordered[1:]), ordered[0].grad_sum.clone()) / population
-        state, info = finish_round(
-            cfg, state, plan_r, clipped_sum, clients=population, min_examples=min(sizes), generator=generator
-        )
-        if not bool(torch.isfinite(state.x).all()):
+        self.state, info = finish_round(
+            self.cfg, self.state, plan_r, clipped_sum, clients=population, min_examples=min(self.sizes),
+            generator=self.noise,
+        )  # fmt: skip
+        if not bool(torch.isfinite(self.state.x).all()):
             raise EngineError(f"round {rnd}: the iterate is not finite (lower strategy.args.lr)")
         t_aggregated = time.monotonic()
         passes = 2 if info.kind == DIFFERENCE else 1  # gradients at x_{r−1} and x_{r−2}
         round_virtual = float(
             max(
-                profiles.duration(c, examples=sizes[c], epochs=passes, model_bytes=model_bytes)
+                run.profiles.duration(c, examples=self.sizes[c], epochs=passes, model_bytes=run.model_bytes)
                 for c in range(population)
             )
         )
-        virtual_time += round_virtual
+        self.virtual_time += round_virtual
         rows = sum(r.rows for r in ordered)
         row: dict[str, Any] = {
-            "round": rnd,
-            "virtual_time_s": round(virtual_time, 6),
+            "virtual_time_s": round(self.virtual_time, 6),
             "round_virtual_s": round(round_virtual, 6),
             "selected": population,
             "clients": sum(len(r.client_ids) for r in ordered),
@@ -178,23 +175,28 @@ def run_diff2_loop(
             "clip_fraction": sum(r.clipped_rows for r in ordered) / rows,
             "train_loss": sum(r.loss_sum for r in ordered) / population,
             "grad_norm": float(torch.linalg.vector_norm(grad)),
-            **{f"epsilon_{acc}": float(eps) for acc, eps in epsilon_at.get(rnd, {}).items()},
+            **{f"epsilon_{acc}": float(eps) for acc, eps in self.epsilon_at.get(rnd, {}).items()},
         }
-        if rnd % sc.evaluation.every == 0 or rnd == sc.rounds:
-            row["test_loss"] = test_mse(model, state.x, spec, data.test_x, data.test_y)
-        train_s = max(r.train_s for r in ordered)
-        row |= round_timings(
-            start=start, t0=t0, t_replies=t_replies, t_aggregated=t_aggregated, train_s=train_s
-        )
-        engine.recorder.write_round(row)
-        every = sc.output.checkpoint_every
-        if every and rnd % every == 0 and rnd != sc.rounds:
-            engine.recorder.save_checkpoint(
-                round=rnd, params=unflatten(state.x.clone(), spec), strategy_state=state._asdict()
-            )
-        engine.on_round(row)
-        summary.last_row = row
-    engine.recorder.save_checkpoint(
-        round=sc.rounds, params=unflatten(state.x.clone(), spec), strategy_state=state._asdict(), final=True
-    )
-    return summary
+        last = rnd == sc.rounds
+        return StepResult(
+            row=row, index=rnd, last=last, evaluate=run.evaluation_due(rnd, last=last),
+            train_s=max(r.train_s for r in ordered), t_replies=t_replies, t_aggregated=t_aggregated,
+        )  # fmt: skip
+
+    def evaluate(self) -> dict[str, Any]:
+        data = self.run.data
+        return {"test_loss": test_mse(self.run.model, self.state.x, self.spec, data.test_x, data.test_y)}
+
+    def result(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return unflatten(self.state.x.clone(), self.spec), self.state._asdict()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"virtual_time": self.virtual_time, "noise": self.noise.get_state()}
+
+    def restore(
+        self, state: Mapping[str, Any], strategy_state: Any, params: Mapping[str, torch.Tensor]
+    ) -> None:
+        self.state = Diff2State(**strategy_state)
+        self.virtual_time = float(state["virtual_time"])
+        self.noise.set_state(state["noise"])
+        self.hand_over_previous = True

@@ -238,6 +238,8 @@ EVALUATE = "evaluate"
 SERVE_NODES = "serve_nodes"
 SERVE_SIZES = "serve_sizes"
 SERVE_PULLERS = "serve_pullers"
+SNAPSHOT = "snapshot"
+GOSSIP_RESTORE = "fedsim.gossip.restore"
 MAIL_SENDERS = "mail_senders"
 MAIL_SIZES = "mail_sizes"
 MAIL_DESTS = "mail_dests"
@@ -279,9 +281,10 @@ def encode_gossip_order(
     owned: Sequence[int],
     order: Any,
     like: Mapping[str, torch.Tensor],
+    restore: Mapping[str, torch.Tensor] | None = None,
 ) -> RecordDict:
     """Server side: one worker's superstep (a ``fedsim.gossip.supersteps.WorkOrder``); ``like``: one model's
-    tensors (the shapes of an empty inbox)."""
+    tensors (the shapes of an empty inbox); ``restore``: the shard's state to load first (a resumed run)."""
     from fedsim.gossip.shard import Mail
 
     serve = sorted(order.serve.items())
@@ -301,7 +304,39 @@ def encode_gossip_order(
     inbox = (
         order.inbox if order.inbox is not None else Mail.empty({k: v.unsqueeze(0) for k, v in like.items()})
     )
-    return RecordDict({GOSSIP_MAIL: _encode_mail(inbox, config), CONFIG: config})
+    records: dict[str, Any] = {GOSSIP_MAIL: _encode_mail(inbox, config), CONFIG: config}
+    if restore is not None:
+        records[GOSSIP_RESTORE] = ArrayRecord({k: v.contiguous() for k, v in restore.items()})
+    return RecordDict(records)
+
+
+def encode_gossip_snapshot_request(*, scenario: Mapping[str, Any], owned: Sequence[int]) -> RecordDict:
+    """Server side: ask a worker for its shard's state (for a checkpoint); it runs nothing."""
+    config = ConfigRecord(
+        {SCENARIO_JSON: json.dumps(scenario, sort_keys=True), ROUND: -1, OWNED: [int(x) for x in owned], SNAPSHOT: True}
+    )
+    return RecordDict({CONFIG: config})
+
+
+def is_gossip_snapshot_request(content: RecordDict) -> bool:
+    """Worker side: whether a gossip message asks for the shard's state instead of a superstep."""
+    return bool(content.config_records[CONFIG].get(SNAPSHOT, False))
+
+
+def encode_gossip_snapshot(state: Mapping[str, torch.Tensor]) -> RecordDict:
+    """Worker side: the shard's state (``GossipShard.state``)."""
+    return RecordDict({GOSSIP_STATE: ArrayRecord({k: v.contiguous() for k, v in state.items()})})
+
+
+def decode_gossip_snapshot(content: RecordDict) -> dict[str, torch.Tensor]:
+    """Server side: the inverse of :func:`encode_gossip_snapshot`."""
+    return dict(content.array_records[GOSSIP_STATE].to_torch_state_dict())
+
+
+def gossip_restore_state(content: RecordDict) -> dict[str, torch.Tensor] | None:
+    """Worker side: the shard state a resumed run's first order hands over (None: keep the node's own)."""
+    record = content.array_records.get(GOSSIP_RESTORE)
+    return None if record is None else dict(record.to_torch_state_dict())
 
 
 def decode_gossip_order(content: RecordDict) -> tuple[dict[str, Any], list[int], Any]:
@@ -382,6 +417,7 @@ DIFF2_STATE_ROUND = "fedsim.diff2.previous_round"
 KIND = "kind"
 RADIUS = "radius"
 ITERATE = "x"
+PREVIOUS_ITERATE = "x_prev"
 CLIPPED_SUM = "clipped_sum"
 GRAD_SUM = "grad_sum"
 LOSS_SUM = "loss_sum"
@@ -399,6 +435,8 @@ class Diff2Request:
     kind: str
     radius: float
     client_ids: tuple[int, ...]
+    x_prev: torch.Tensor | None = None
+    """x_{r−2}, sent once when the workers cannot hold it (the first round of a resumed run); else None."""
 
 
 @dataclass
@@ -424,8 +462,10 @@ def encode_diff2_request(
     kind: str,
     radius: float,
     client_ids: Sequence[int],
+    x_prev: torch.Tensor | None = None,
 ) -> RecordDict:
-    """Server side: one worker's DIFF2 round (``CONFIG`` carries ``ROUND``, as every train message)."""
+    """Server side: one worker's DIFF2 round (``CONFIG`` carries ``ROUND``, as every train message); ``x_prev``:
+    x_{r−2} for workers that do not hold it (a resumed run's first round)."""
     config = ConfigRecord(
         {
             SCENARIO_JSON: json.dumps(scenario, sort_keys=True),
@@ -435,16 +475,21 @@ def encode_diff2_request(
             CLIENT_IDS: [int(c) for c in client_ids],
         }
     )
-    return RecordDict({DIFF2_X: ArrayRecord({ITERATE: x.detach().cpu()}), CONFIG: config})
+    arrays = {ITERATE: x.detach().cpu()}
+    if x_prev is not None:
+        arrays[PREVIOUS_ITERATE] = x_prev.detach().cpu()
+    return RecordDict({DIFF2_X: ArrayRecord(arrays), CONFIG: config})
 
 
 def decode_diff2_request(content: RecordDict) -> Diff2Request:
     """Worker side: the inverse of :func:`encode_diff2_request`."""
     cfg = content.config_records[CONFIG]
+    arrays = content.array_records[DIFF2_X].to_torch_state_dict()
     return Diff2Request(
         scenario=json.loads(str(cfg[SCENARIO_JSON])),
         round=int(cfg[ROUND]),  # type: ignore[arg-type]
-        x=content.array_records[DIFF2_X].to_torch_state_dict()[ITERATE],
+        x=arrays[ITERATE],
+        x_prev=arrays.get(PREVIOUS_ITERATE),
         kind=str(cfg[KIND]),
         radius=float(cfg[RADIUS]),  # type: ignore[arg-type]
         client_ids=tuple(int(c) for c in cfg[CLIENT_IDS]),  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fedsim.engine.server import Engine, Recorder, RunSummary
+from fedsim.engine.stopping import RunStopped, StopRequest
 from fedsim.scenario import Scenario
 from fedsim.scenario.backend import BackendChoice, choose_backend
 
@@ -104,16 +105,18 @@ def simulate(
     on_round: Callable[[Mapping[str, Any]], None] | None = None,
     privacy: Any = None,
     backend: BackendChoice | None = None,
+    stop: StopRequest | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Run ``scenario`` end to end on ``backend`` (default: :func:`choose_backend`) and return the engine's
     summary.
 
     ``privacy``: the scenario's resolved ``(PrivacyPlan, Spend)`` when the caller already has it (saves a
-    second calibration)."""
+    second calibration); ``stop``: set by signals, answered by the driver at a safe point; ``resume``: a
+    checkpoint's state to continue from (``fedsim.resume``)."""
     backend = backend or choose_backend(scenario)
-    if backend.name == "inprocess":
-        return simulate_inprocess(scenario, recorder, on_round=on_round, privacy=privacy)
-    return simulate_ray(scenario, recorder, on_round=on_round, privacy=privacy)
+    run = simulate_inprocess if backend.name == "inprocess" else simulate_ray
+    return run(scenario, recorder, on_round=on_round, privacy=privacy, stop=stop, resume=resume)
 
 
 def simulate_inprocess(
@@ -122,12 +125,16 @@ def simulate_inprocess(
     *,
     on_round: Callable[[Mapping[str, Any]], None] | None = None,
     privacy: Any = None,
+    stop: StopRequest | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Run ``scenario`` on the in-process backend: the same Engine and ClientApp, no Ray."""
     from fedsim.engine.inprocess import run_on_inprocess_grid
 
     workers = inprocess_workers(scenario)
-    engine = Engine(scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy)
+    engine = Engine(
+        scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy, stop=stop, resume=resume
+    )
     return run_on_inprocess_grid(
         engine.run, workers=workers, reply_deadline_s=scenario.engine.round_timeout_s
     )
@@ -139,6 +146,8 @@ def simulate_ray(
     *,
     on_round: Callable[[Mapping[str, Any]], None] | None = None,
     privacy: Any = None,
+    stop: StopRequest | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary."""
     from flwr.app import Context
@@ -152,13 +161,19 @@ def simulate_ray(
         logging.getLogger("fedsim").warning(
             "fedsim: no CUDA GPU here: engine.gpus_per_worker is ignored and the workers train on the CPU"
         )
-    outcome: dict[str, RunSummary] = {}
+    outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        engine = Engine(scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy)
-        outcome["summary"] = engine.run(grid)
+        engine = Engine(
+            scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy, stop=stop,
+            resume=resume,
+        )  # fmt: skip
+        try:
+            outcome["summary"] = engine.run(grid)
+        except RunStopped as exc:  # Flower would log it as a ServerApp failure: re-raised below instead
+            outcome["stopped"] = exc
 
     with quiet_flower():
         run_simulation(
@@ -167,6 +182,8 @@ def simulate_ray(
             num_supernodes=workers,
             backend_config=backend_config(scenario, workers),  # type: ignore[arg-type]
         )
+    if "stopped" in outcome:
+        raise outcome["stopped"]
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended without running the scenario (see the log above)")
     return outcome["summary"]

@@ -11,22 +11,31 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedsim.engine.stopping import RunStopped, StopRequest
 from fedsim.errors import EngineError
 from fedsim.protocol import WorkerResult
 
 
 def wait_for_workers(
-    grid: Grid, *, expected: int | None, timeout_s: float, poll_s: float = 0.2, settle_s: float = 2.0
+    grid: Grid,
+    *,
+    expected: int | None,
+    timeout_s: float,
+    poll_s: float = 0.2,
+    settle_s: float = 2.0,
+    stop: StopRequest | None = None,
 ) -> list[int]:
     """Block until ``expected`` workers have registered (or, if unknown, until their number settles).
 
     Raises:
         EngineError: the deadline passed first.
+        RunStopped: ``stop`` was set while waiting (nothing has run yet: there is no checkpoint).
     """
     deadline = time.monotonic() + timeout_s
     last: list[int] = []
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
+        stop_if_asked(stop)
         nodes = sorted(int(n) for n in grid.get_node_ids())
         if nodes != last:
             last, stable_since = nodes, time.monotonic()
@@ -39,6 +48,12 @@ def wait_for_workers(
     raise EngineError(
         f"engine.register_timeout_s: only {len(last)} of {want} workers registered within {timeout_s:g} s."
     )
+
+
+def stop_if_asked(stop: StopRequest | None) -> None:
+    """Raise :class:`RunStopped` (before any step: nothing to checkpoint) when ``stop`` is set."""
+    if stop:
+        raise RunStopped(stop.signal_name or "SIGINT", step=0, checkpoint=None)
 
 
 # Replies Flower's runtime makes itself when the destination cannot answer: the node went away (or the message
@@ -60,6 +75,7 @@ def iter_replies(
     timeout_s: float,
     poll_s: float = 0.005,
     max_poll_s: float | None = None,
+    stop: StopRequest | None = None,
 ) -> Iterator[Message]:
     """Yield the replies to ``message_ids`` as they arrive, until all have come or ``timeout_s`` passed.
 
@@ -67,10 +83,14 @@ def iter_replies(
     pulls it sleeps ``poll_s``, doubling up to ``max_poll_s`` (default: no growth). Flower's
     ``send_and_receive`` polls every 0.1 s and returns only when all replies are in; polling at 5 ms takes up to
     0.1 s off every simulated round, and growing to 0.1 s spares a remote SuperLink a busy loop.
+
+    ``stop``: checked between pulls; when set, :class:`RunStopped` is raised (for waits that may be abandoned:
+    the workers' start-up, before the first step).
     """
     deadline = time.monotonic() + timeout_s
     waiting, pause = set(message_ids), poll_s
     while waiting and time.monotonic() < deadline:
+        stop_if_asked(stop)
         got = list(grid.pull_messages(sorted(waiting)))
         waiting -= {r.metadata.reply_to_message_id for r in got}
         yield from got

@@ -106,6 +106,8 @@ def train_diff2(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     req = decode_diff2_request(msg.content)
     x_prev = None
+    if req.x_prev is not None:  # a resumed run's first round: the server hands over x_{r−2}
+        save_previous_iterate(context.state, round=req.round - 1, x=req.x_prev)
     if req.kind == "difference":
         kept = load_previous_iterate(context.state)
         if kept is None or kept[0] != req.round - 1:
@@ -137,14 +139,32 @@ def train_gossip(msg: Message, context: Context) -> Message:
     """Gossip learning (``fedsim.engine.gossip_loop``): one superstep of this worker's shard of nodes (phase B of
     the last tick with the other workers' models, phase A of the next). The shard lives in ``context.state``
     between messages; it is built at the first superstep. A node that lost it (restarted) answers with an error."""
-    from fedsim.engine.messages import decode_gossip_order, encode_gossip_report
+    from fedsim.engine.messages import (
+        GOSSIP_STATE,
+        decode_gossip_order,
+        encode_gossip_report,
+        encode_gossip_snapshot,
+        gossip_restore_state,
+        is_gossip_snapshot_request,
+    )
     from fedsim.gossip.supersteps import execute
 
     start = time.perf_counter()
+    if is_gossip_snapshot_request(msg.content):  # a checkpoint: the shard's state, nothing run
+        record = context.state.array_records.get(GOSSIP_STATE)
+        if record is None:
+            reason = f"node {context.node_id} holds no gossip shard to checkpoint"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        return Message(content=encode_gossip_snapshot(dict(record.to_torch_state_dict())), reply_to=msg)
     scenario_dict, owned, order = decode_gossip_order(msg.content)
     data, model, _ = _environment(json.dumps(scenario_dict, sort_keys=True))
-    first = order.b_tick == 0 and order.a_tick is None
-    shard = _gossip_shard(scenario_dict, owned, data, model, context, first=first)
+    restored = gossip_restore_state(msg.content)
+    if restored is not None:  # a resumed run: the shard as the checkpoint holds it
+        shard = _shard_skeleton(json.dumps(scenario_dict, sort_keys=True), tuple(owned))
+        shard.load_state(restored)
+    else:
+        first = order.b_tick == 0 and order.a_tick is None
+        shard = _gossip_shard(scenario_dict, owned, data, model, context, first=first)
     if shard is None:
         reason = (
             f"node {context.node_id} lost its gossip nodes' state (a restarted node loses its context.state)"

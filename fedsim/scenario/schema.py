@@ -370,8 +370,16 @@ class EvaluationConfig(_Frozen):
 
 
 class OutputConfig(_Frozen):
+    """Where results go and when checkpoints are written (``fedsim run --resume`` continues from the newest).
+
+    A checkpoint is written every ``checkpoint_every`` steps (0: not by steps) and whenever
+    ``checkpoint_every_s`` seconds of wall time have passed since the last one (0: not by time), when the run is
+    stopped (Ctrl-C, SIGTERM) and at the end; the newest ``keep_checkpoints`` are kept."""
+
     dir: str = "runs"
     checkpoint_every: int = Field(default=0, ge=0)
+    checkpoint_every_s: float = Field(default=60.0, ge=0.0, allow_inf_nan=False)
+    keep_checkpoints: int = Field(default=3, ge=1)
 
 
 class Scenario(_Frozen):
@@ -393,6 +401,14 @@ class Scenario(_Frozen):
     def gossip_settings(self) -> GossipSettings:
         """The gossip block, or its defaults when a gossip scenario leaves it out."""
         return self.gossip or GossipSettings()
+
+    def fingerprint(self) -> str:
+        """A digest of every setting (SHA-256 of the scenario's canonical JSON): a checkpoint records it, and a
+        run is resumed only with the scenario it was started with."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
     @property
     def planned_rounds(self) -> int:

@@ -65,6 +65,6 @@ class MemoryRecorder:
     def write_round(self, row):
         self.rows.append(dict(row))
 
-    def save_checkpoint(self, *, round, params, strategy_state, final=False):
+    def save_checkpoint(self, *, round, params, strategy_state, final=False, resume=None):
         self.checkpoints.append(round)
         self.final_params = params

@@ -230,7 +230,7 @@ def comparable(row):
 class KeepParams(MemoryRecorder):
     params: dict[str, torch.Tensor] = {}
 
-    def save_checkpoint(self, *, round, params, strategy_state, final=False):
+    def save_checkpoint(self, *, round, params, strategy_state, final=False, resume=None):
         super().save_checkpoint(round=round, params=params, strategy_state=strategy_state, final=final)
         self.params = {k: v.detach().clone() for k, v in params.items()}
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import ClassVar
 
 import pytest
 from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 from local_grid import LocalGrid, MemoryRecorder
 
-from fedsim.engine import server
+from fedsim.engine import driver
 from fedsim.engine.placement import NodeIdentity, partition_owners
-from fedsim.engine.server import Engine, iter_replies
+from fedsim.engine.server import Engine
+from fedsim.engine.transport import iter_replies
 from fedsim.errors import EngineError
 from fedsim.scenario import parse_scenario
 from strategies import build_strategy
@@ -108,6 +110,7 @@ def test_placement_does_not_change_the_result():
 class FirstK:
     """FedAvg that over-selects: the round closes after the first ``k`` results (a test strategy)."""
 
+    family: ClassVar[str] = "sync"
     inner: object
     k: int | None
 
@@ -126,6 +129,7 @@ class FirstK:
 class Only:
     """FedAvg restricted to fixed clients (the oracle of the quorum test)."""
 
+    family: ClassVar[str] = "sync"
     inner: object
     clients: tuple[int, ...]
 
@@ -145,7 +149,7 @@ class Only:
 def test_a_quorum_aggregates_the_first_k_replies_without_waiting_for_the_rest(monkeypatch):
     delay = 20.0  # far above the training time in push_messages, even on a busy machine
     slow = [102, 103]  # the devices of clients 2 and 3 answer after `delay`
-    monkeypatch.setattr(server, "build_strategy", lambda cfg, *args: FirstK(build_strategy(cfg, *args), k=2))
+    monkeypatch.setattr(driver, "build_strategy", lambda cfg, *args: FirstK(build_strategy(cfg, *args), k=2))
     grid = RecordingGrid(devices(range(POPULATION)), slow=slow, delay_s=delay)
     first_k = run(grid, placement="partition")
     for row in first_k.rows:
@@ -153,7 +157,7 @@ def test_a_quorum_aggregates_the_first_k_replies_without_waiting_for_the_rest(mo
         assert row["dropped"] == 2 and row["dropped_timeout"] == 0
         assert row["time_round_trip_s"] < delay / 2  # it did not wait for the slow devices
     # Oracle: FedAvg over exactly the two fast clients, chosen up front.
-    monkeypatch.setattr(server, "build_strategy", lambda cfg, *args: Only(build_strategy(cfg, *args), clients=(0, 1)))
+    monkeypatch.setattr(driver, "build_strategy", lambda cfg, *args: Only(build_strategy(cfg, *args), clients=(0, 1)))
     only_fast = run(RecordingGrid(devices(range(POPULATION))), placement="partition")
     for a, b in zip(first_k.rows, only_fast.rows, strict=True):
         assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-6)

@@ -34,7 +34,7 @@ ARGS = {"lr": 0.3, "restart_every": 3, "clip1": 0.8, "clip2": 2.0, "noise_ratio"
 
 
 class KeepParams(MemoryRecorder):
-    def save_checkpoint(self, *, round, params, strategy_state, final=False):
+    def save_checkpoint(self, *, round, params, strategy_state, final=False, resume=None):
         super().save_checkpoint(round=round, params=params, strategy_state=strategy_state, final=final)
         self.params = {k: v.clone() for k, v in params.items()}
 

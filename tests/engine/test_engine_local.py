@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from local_grid import LocalGrid, MemoryRecorder
 
-from fedsim.engine.server import Engine, client_seed, shard, wait_for_workers
+from fedsim.engine.placement import shard
+from fedsim.engine.rounds import client_seed
+from fedsim.engine.server import Engine
+from fedsim.engine.transport import wait_for_workers
 from fedsim.errors import EngineError
 from fedsim.scenario import parse_scenario
 
@@ -143,7 +146,7 @@ def test_evaluation_test_examples_evaluates_the_first_n_of_the_test_set_and_chan
     (a multiple of 1/7) equal to evaluating the same final model on them by hand."""
     import torch
 
-    from fedsim.engine.server import evaluate
+    from fedsim.engine.rounds import evaluate
     from fedsim.engine.setup import build_data, build_initial_model
 
     few = {"rounds": 1, "evaluation": {"test_examples": 7}}

@@ -14,7 +14,8 @@ from local_grid import LocalGrid, MemoryRecorder
 from clients.local_sgd import train_local
 from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.cohort import train_cohort_sequential
-from fedsim.engine.server import Engine, client_seed
+from fedsim.engine.rounds import client_seed
+from fedsim.engine.server import Engine
 from fedsim.engine.setup import build_data, build_initial_model
 from fedsim.engine.vectorized import train_cohort_vectorized
 from fedsim.models import build_model

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.engine.server import mechanism_fields
+from fedsim.engine.sync_loop import mechanism_fields
 from fedsim.scenario import parse_scenario
 from strategies import build_strategy
 from strategies.base import RoundPlan
