@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fedsim import __version__
+from fedsim.engine.stopping import RunStopped
 from fedsim.errors import ConfigError, FedsimError
 
 if TYPE_CHECKING:
-    from fedsim.engine.stopping import RunStopped
     from fedsim.resume import ResumePoint
     from fedsim.scenario import Scenario
 
@@ -104,7 +104,6 @@ def run(
     Prints a live progress bar, then one summary line with test_accuracy= and the results folder. Ctrl-C or
     SIGTERM stops at the next safe point with a checkpoint and prints the command that resumes the run.
     """
-    from fedsim.engine.stopping import RunStopped
     from fedsim.run import run_scenario
 
     if resume is not None:
@@ -130,9 +129,6 @@ def run(
         outcome = run_scenario(sc, output_root=output, show_progress=not quiet, resume=point)
     except ConfigError as exc:  # e.g. privacy settings that cannot be accounted: attribute them to the file
         raise (exc if exc.source else exc.with_source(source)) from None
-    except RunStopped as exc:
-        typer.echo(stopped_line(exc), err=True)
-        raise typer.Exit(exc.exit_code) from None
     typer.echo(outcome.summary_line())
 
 
@@ -379,6 +375,9 @@ def main() -> None:
             typer.echo(INTERRUPTED, err=True)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except RunStopped as exc:  # Ctrl-C or SIGTERM answered at a safe point: where, and how to continue
+        typer.echo(stopped_line(exc), err=True)
         sys.exit(exc.exit_code)
     except FedsimError as exc:
         if debug:

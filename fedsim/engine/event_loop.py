@@ -92,7 +92,7 @@ class PendingResults:
         for cid in [*replies.lost_timeout, *replies.lost_unavailable]:
             self.lost[(cid, start_of[cid])] = "timeout"
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         """The results in flight, for a checkpoint (keys as lists: a checkpoint holds no tuples as keys)."""
         return {
             "sums": dict(self.sums),

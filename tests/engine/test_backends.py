@@ -317,11 +317,9 @@ def test_an_inprocess_run_imports_neither_ray_nor_the_accountants():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-def test_ctrl_c_stops_an_inprocess_run_with_one_line_and_keeps_the_finished_rounds(tmp_path):
-    path = tmp_path / "long.yaml"
-    path.write_text(json.dumps({**TINY, "name": "long", "rounds": 100000}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsim.cli", "run", str(path), "--output", str(tmp_path / "runs")],
+def fedsim_process(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsim.cli", *args],
         cwd=ROOT,
         env=env(),
         stdout=subprocess.PIPE,
@@ -330,22 +328,43 @@ def test_ctrl_c_stops_an_inprocess_run_with_one_line_and_keeps_the_finished_roun
         # as from a terminal: a test run started in the background inherits SIGINT ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def wait_for_rows(proc: subprocess.Popen, root: Path, pattern: str, rows: int) -> Path:
+    """The metrics file under ``root`` matching ``pattern`` once it holds ``rows`` rows."""
     deadline = time.monotonic() + 240
-    metrics = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list((tmp_path / "runs").glob("long/*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 3:
-            metrics = found[0]
-            break
-        time.sleep(0.2)
-    assert metrics is not None, proc.communicate(timeout=10)
+        found = list(root.glob(pattern))
+        if found and len(found[0].read_text().splitlines()) >= rows:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(proc.communicate(timeout=10))
+
+
+def test_ctrl_c_and_sigterm_stop_a_run_with_one_line_and_it_resumes_where_it_stopped(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(json.dumps({**TINY, "name": "long", "rounds": 100000}))
+    proc = fedsim_process("run", str(path), "--output", str(tmp_path / "runs"))
+    metrics = wait_for_rows(proc, tmp_path / "runs", "long/*/metrics.jsonl", 3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     lines = [l for l in err.splitlines() if l.strip()]
     assert lines[0].startswith("starting 1 inprocess worker (auto: 6 client-epochs per round")
-    assert lines[-1] == "fedsim: interrupted; finished rounds are kept in the results folder."
+    run_dir = metrics.parent
+    assert lines[-1].startswith("fedsim: stopped by SIGINT after step ")
+    assert lines[-1].endswith(f"checkpoint written. Resume with: fedsim run --resume {run_dir}")
     assert "Traceback" not in err
     rows = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert len(rows) >= 3 and [r["round"] for r in rows] == list(range(1, len(rows) + 1))
-    assert (metrics.parent / "report.md").is_file()
+    assert (run_dir / "report.md").is_file()
+    assert (run_dir / "checkpoints" / f"round-{len(rows)}.pt").is_file()  # the checkpoint of the last row
+
+    proc = fedsim_process("run", "--resume", str(run_dir))
+    wait_for_rows(proc, run_dir, "metrics.jsonl", len(rows) + 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.splitlines()[-1].startswith("fedsim: stopped by SIGTERM after step ") and "Traceback" not in err
+    more = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert len(more) > len(rows) + 2 and [r["round"] for r in more] == list(range(1, len(more) + 1))
