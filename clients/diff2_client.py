@@ -15,8 +15,8 @@ vector x is the model's floating-point state in ``state_dict`` order, flattened 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -85,7 +85,9 @@ def per_example_grads(
 
 @dataclass
 class ClientSums:
-    """Σ over clients of ClippedMean_p, of mean_z ∇ℓ(x_{r−1}; z) and of mean_z ℓ(x_{r−1}; z); rows clipped of all."""
+    """Σ over the kept clients of ClippedMean_p, of mean_z ∇ℓ(x_{r−1}; z) and of mean_z ℓ(x_{r−1}; z); rows clipped
+    of all their rows; the kept clients (``client_ids``, with ``num_examples``) and the ones left out because
+    their contribution was not finite (``failed``)."""
 
     clipped_sum: torch.Tensor
     grad_sum: torch.Tensor
@@ -93,6 +95,8 @@ class ClientSums:
     clipped_rows: int
     rows: int
     num_examples: list[int]
+    client_ids: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
 
 
 def diff2_round(
@@ -104,21 +108,28 @@ def diff2_round(
     x_prev: torch.Tensor | None,
     radius: float,
     chunk_rows: int = CHUNK_ROWS,
+    nonfinite: Collection[int] = (),
 ) -> ClientSums:
     """The clients' part of a DIFF2 round at x = x_{r−1}: restart when ``x_prev`` is None, else differences
-    against x_prev = x_{r−2}. Every client's examples are all used (full batch)."""
+    against x_prev = x_{r−2}. Every client's examples are all used (full batch).
+
+    A client whose contribution (clipped mean, gradient mean or mean loss) is not finite adds nothing and is
+    listed in ``failed``; the clients in ``nonfinite`` (``faults.nonfinite``) have theirs replaced by NaN once
+    computed, so the same check drops them."""
     spec = flat_spec(model)
     device = data.train_x.device
     x = x.to(device)
     x_prev = None if x_prev is None else x_prev.to(device)
     zero = torch.zeros(spec.size, dtype=x.dtype, device=device)
     clipped_sum, grad_sum, loss_sum, clipped_rows, rows, sizes = zero.clone(), zero.clone(), 0.0, 0, 0, []
+    kept: list[int] = []
+    failed: list[int] = []
     for cid in client_ids:
         inputs, targets = data.client_data(int(cid))
         n = len(inputs)
         if n == 0:
             raise ValueError(f"client {cid} has no training examples; DIFF2 needs every client to have some")
-        c_sum, g_sum, l_sum = zero.clone(), zero.clone(), 0.0
+        c_sum, g_sum, l_sum, k_sum = zero.clone(), zero.clone(), 0.0, 0
         for start in range(0, n, chunk_rows):
             a, y = inputs[start : start + chunk_rows], targets[start : start + chunk_rows]
             g, losses = per_example_grads(model, spec, x, a, y)
@@ -128,10 +139,18 @@ def diff2_round(
                 g = g - per_example_grads(model, spec, x_prev, a, y)[0]
             c, k = clip_rows(g, radius)
             c_sum += c.sum(dim=0)
-            clipped_rows += k
+            k_sum += k
+        if int(cid) in nonfinite:  # faults.nonfinite: the contribution comes back NaN
+            c_sum = torch.full_like(c_sum, float("nan"))
+        finite = bool(torch.isfinite(c_sum).all() and torch.isfinite(g_sum).all()) and math.isfinite(l_sum)
+        if not finite:
+            failed.append(int(cid))
+            continue
         clipped_sum += c_sum / n
         grad_sum += g_sum / n
         loss_sum += l_sum / n
+        clipped_rows += k_sum
         rows += n
         sizes.append(n)
-    return ClientSums(clipped_sum, grad_sum, loss_sum, clipped_rows, rows, sizes)
+        kept.append(int(cid))
+    return ClientSums(clipped_sum, grad_sum, loss_sum, clipped_rows, rows, sizes, kept, failed)

@@ -70,12 +70,16 @@ class ClientTask:
     ``weight``/``group`` (event-driven strategies): the client's update is summed with weight ``weight`` (instead
     of its number of examples) into the sum of its ``group`` (clients that arrive at the same server step), so a
     worker can train clients together that the server will use at different steps.
+
+    ``nonfinite`` (``faults.nonfinite``, set by the worker from ``fedsim.faults``, never sent): the client trains,
+    then its new parameters become NaN, so the cohort trainer's finiteness check drops it into ``failed``.
     """
 
     cid: int
     seed: int
     weight: float | None = None
     group: int | None = None
+    nonfinite: bool = False
 
 
 @dataclass

@@ -48,6 +48,9 @@ class Stream(enum.IntEnum):
     EVENT_FAILURE = 13
     EVENT_PICK = 14
     TOPOLOGY = 15
+    FAULT_NONFINITE = 16
+    STRAGGLER = 17
+    GOSSIP_NONFINITE = 18
 
 
 COORDINATES: dict[Stream, tuple[str, ...]] = {
@@ -61,6 +64,8 @@ COORDINATES: dict[Stream, tuple[str, ...]] = {
     Stream.EVENT_FAILURE: ("cid", "tick"),
     Stream.EVENT_PICK: ("version",),
     Stream.TOPOLOGY: (),
+    Stream.FAULT_NONFINITE: ("round", "cid"),  # faults.nonfinite: whether a client's update comes back NaN
+    Stream.STRAGGLER: (),  # faults.stragglers: who is a straggler, drawn once per run
     **{s: ("node", "event", "lane") for s in Stream if s.name.startswith("GOSSIP_")},
 }
 """The coordinates each stream is keyed by, in order (a key must give exactly these)."""

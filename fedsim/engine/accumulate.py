@@ -20,7 +20,9 @@ class CohortAccumulator:
 
     With ``clip`` (client-level DP) each client's update is clipped before it is added, every client weighs 1,
     and its norm before clipping is kept for the privacy report. With ``tasks`` that carry a ``weight``/``group``
-    (event-driven strategies), a client weighs its task's weight and is also summed into its group's sum.
+    (event-driven strategies), a client weighs its task's weight and is also summed into its group's sum. A task
+    marked ``nonfinite`` (``faults.nonfinite``) has its new parameters replaced by NaN as they arrive, in both
+    ``add`` and ``add_stacked``, so the same check drops it as a real NaN would be.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class CohortAccumulator:
         self._clippers: dict[int, tuple] = {}
         self.weights = {t.cid: t.weight for t in tasks if t.weight is not None}
         self.groups = {t.cid: t.group for t in tasks if t.group is not None}
+        self.nonfinite = frozenset(t.cid for t in tasks if t.nonfinite)
 
     def _weight(self, cid: int, default: float) -> float:
         return self.weights.get(cid, default)
@@ -77,6 +80,8 @@ class CohortAccumulator:
     ) -> None:
         """Add one client (``stats``: its diagnostics for ``WorkerResult.client_stats``)."""
         deltas = {k: new_params[k].detach().cpu().double() - self.theta[k].double() for k in self.float_keys}
+        if cid in self.nonfinite:  # faults.nonfinite: the update comes back NaN
+            deltas = {k: torch.full_like(d, float("nan")) for k, d in deltas.items()}
         if not all(torch.isfinite(d).all() for d in deltas.values()):
             self.result.failed.append(cid)
             return
@@ -104,6 +109,10 @@ class CohortAccumulator:
         deltas = {
             k: stacked[k] - self.theta[k].to(device=device, dtype=stacked[k].dtype) for k in self.float_keys
         }
+        poisoned = [i for i, c in enumerate(cids) if c in self.nonfinite]
+        if poisoned:  # faults.nonfinite: these clients' updates come back NaN
+            rows = torch.tensor(poisoned, device=device)
+            deltas = {k: d.index_fill(0, rows, float("nan")) for k, d in deltas.items()}
         ok = torch.ones(len(cids), dtype=torch.bool, device=device)
         for d in deltas.values():
             ok &= torch.isfinite(d).flatten(1).all(1)

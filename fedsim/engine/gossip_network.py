@@ -23,7 +23,7 @@ from fedsim.gossip.shard import GossipShard, ProtocolConfig
 from fedsim.gossip.simulator import init_nodes
 from fedsim.gossip.topology import build_topology, neighbour_lists
 from fedsim.models import build_model
-from fedsim.randomness import Stream, derive_int, generator
+from fedsim.randomness import Stream, derive_int
 from fedsim.scenario.devices import DeviceProfiles
 from fedsim.scenario.schema import Scenario
 
@@ -62,8 +62,7 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
         rule=g.rule, beta=g.beta, eps=g.eps, mode=g.mode, unit=g.unit, optimizer=opt.name,
         optimizer_args=opt.kwargs(), batch_size=scenario.client.batch_size, timeout=g.timeout,
     )  # fmt: skip
-    devices = scenario.population.devices
-    profiles = DeviceProfiles.sample(devices, n, generator(scenario.seed, Stream.DEVICE))
+    profiles = DeviceProfiles.from_scenario(scenario)
     fixed = None
     if g.schedule == "profile":
         sizes = np.array([len(p) for p in data.partitions[:n]], dtype=np.int64)
@@ -86,6 +85,9 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
         failure=profiles.failure,
         trace=profiles.trace,
         tick_s=g.tick_s,
+        nonfinite=scenario.faults.nonfinite,
+        straggler=profiles.straggler,
+        slowdown=profiles.slowdown,
     )
     return Network(neighbours, protocol, schedule)
 

@@ -442,7 +442,9 @@ class Diff2Request:
 @dataclass
 class Diff2Reply:
     """One worker's reduced reply: Σ_p ClippedMean_p, Σ_p mean_z ∇ℓ(x_{r−1}; z) (unclipped, for ‖∇f‖), Σ_p mean
-    loss, how many per-example rows were clipped of how many, and each client's size."""
+    loss, how many per-example rows were clipped of how many, and each client's size, over the clients it kept
+    (``client_ids``); ``failed``: the clients whose contribution was not finite and was left out (e.g.
+    ``faults.nonfinite``)."""
 
     clipped_sum: torch.Tensor
     grad_sum: torch.Tensor
@@ -452,6 +454,7 @@ class Diff2Reply:
     client_ids: list[int]
     num_examples: list[int]
     train_s: float = 0.0
+    failed: list[int] = field(default_factory=list)
 
 
 def encode_diff2_request(
@@ -506,6 +509,7 @@ def encode_diff2_reply(reply: Diff2Reply) -> RecordDict:
             CLIENT_IDS: [int(c) for c in reply.client_ids],
             NUM_EXAMPLES: [int(n) for n in reply.num_examples],
             TRAIN_SECONDS: float(reply.train_s),
+            FAILED: [int(c) for c in reply.failed],
         }
     )
     sums = ArrayRecord(
@@ -526,6 +530,7 @@ def decode_diff2_reply(content: RecordDict) -> Diff2Reply:
         client_ids=[int(c) for c in stats[CLIENT_IDS]],  # type: ignore[union-attr]
         num_examples=[int(n) for n in stats[NUM_EXAMPLES]],  # type: ignore[union-attr]
         train_s=float(stats.get(TRAIN_SECONDS, 0.0)),  # type: ignore[arg-type]
+        failed=[int(c) for c in stats.get(FAILED, [])],  # type: ignore[union-attr]
     )
 
 

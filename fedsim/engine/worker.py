@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -29,8 +30,9 @@ from fedsim.engine.messages import (
 )
 from fedsim.engine.placement import add_node_identity
 from fedsim.engine.setup import build_data, build_initial_model
-from fedsim.protocol import WorkerResult
-from fedsim.scenario import parse_scenario
+from fedsim.faults import nonfinite_clients
+from fedsim.protocol import ClientTask, WorkerResult
+from fedsim.scenario import Scenario, parse_scenario
 
 
 def training_device(setting: str) -> torch.device:
@@ -41,9 +43,14 @@ def training_device(setting: str) -> torch.device:
 
 
 @lru_cache(maxsize=4)
+def _scenario(scenario_json: str) -> Scenario:
+    return parse_scenario(json.loads(scenario_json), source="<message>")
+
+
+@lru_cache(maxsize=4)
 def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module, int]:
     """The run's data (pooled training tensors on the training device), model and memory budget."""
-    scenario = parse_scenario(json.loads(scenario_json), source="<message>")
+    scenario = _scenario(scenario_json)
     device = training_device(scenario.engine.device)
     data = build_data(scenario)
     data = dataclasses.replace(data, train_x=data.train_x.to(device), train_y=data.train_y.to(device))
@@ -58,13 +65,28 @@ def prepare_environment(scenario: dict) -> float:
     return time.perf_counter() - start
 
 
+def nonfinite_faults(scenario: Scenario, round: int, cids: Sequence[int]) -> frozenset[int]:
+    """The clients of ``cids`` whose update comes back non-finite in ``round`` (``faults.nonfinite``; drawn
+    from the scenario seed, the round and the client id, so the same whichever worker trains them)."""
+    return nonfinite_clients(scenario.seed, round, cids, scenario.faults.nonfinite)
+
+
+def with_faults(scenario: Scenario, round: int, tasks: Sequence[ClientTask]) -> tuple[ClientTask, ...]:
+    """``tasks``, those drawn by ``faults.nonfinite`` in ``round`` marked ``nonfinite`` (the cohort trainer's
+    accumulator then turns their new parameters into NaN)."""
+    bad = nonfinite_faults(scenario, round, [t.cid for t in tasks])
+    return tuple(dataclasses.replace(t, nonfinite=True) if t.cid in bad else t for t in tasks)
+
+
 def handle_train(request: TrainRequest) -> WorkerResult:
     """Train the request's clients (no Flower types here); the reply says how long training took."""
     start = time.perf_counter()
-    data, model, budget = _environment(json.dumps(request.scenario, sort_keys=True))
+    scenario_json = json.dumps(request.scenario, sort_keys=True)
+    data, model, budget = _environment(scenario_json)
     cfg = dataclasses.replace(request.train_config, memory_budget_bytes=budget)
     trainer = select_cohort_trainer(str(request.scenario["engine"]["vectorize"]), model, cfg)
-    result = trainer(model, request.params, request.tasks, data, cfg)
+    tasks = with_faults(_scenario(scenario_json), request.round, request.tasks)
+    result = trainer(model, request.params, tasks, data, cfg)
     result.train_s = time.perf_counter() - start
     return result
 
@@ -118,8 +140,12 @@ def train_diff2(msg: Message, context: Context) -> Message:
             )
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
         x_prev = kept[1]
-    data, model, _ = _environment(json.dumps(req.scenario, sort_keys=True))
-    sums = diff2_round(model, data, req.client_ids, x=req.x, x_prev=x_prev, radius=req.radius)
+    scenario_json = json.dumps(req.scenario, sort_keys=True)
+    data, model, _ = _environment(scenario_json)
+    nonfinite = nonfinite_faults(_scenario(scenario_json), req.round, req.client_ids)
+    sums = diff2_round(
+        model, data, req.client_ids, x=req.x, x_prev=x_prev, radius=req.radius, nonfinite=nonfinite
+    )
     save_previous_iterate(context.state, round=req.round, x=req.x)
     reply = Diff2Reply(
         clipped_sum=sums.clipped_sum,
@@ -127,9 +153,10 @@ def train_diff2(msg: Message, context: Context) -> Message:
         loss_sum=sums.loss_sum,
         clipped_rows=sums.clipped_rows,
         rows=sums.rows,
-        client_ids=list(req.client_ids),
+        client_ids=sums.client_ids,
         num_examples=sums.num_examples,
         train_s=time.perf_counter() - start,
+        failed=sums.failed,
     )
     return Message(content=encode_diff2_reply(reply), reply_to=msg)
 

@@ -19,11 +19,13 @@ from fedsim.randomness import Stream
 
 INTERVAL = Stream.GOSSIP_INTERVAL
 """Purpose tags (from the run's one registry of streams, ``fedsim.randomness``): the gap to a node's next event,
-its availability at an event, a failed training step, batch picks, the first event's offset."""
+its availability at an event, a failed training step, batch picks, the first event's offset, a non-finite
+training result (``faults.nonfinite``)."""
 AVAILABILITY = Stream.GOSSIP_AVAILABILITY
 FAILURE = Stream.GOSSIP_FAILURE
 BATCH = Stream.GOSSIP_BATCH
 FIRST = Stream.GOSSIP_FIRST
+NONFINITE = Stream.GOSSIP_NONFINITE
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.errors import ConfigError
-from fedsim.gossip.randomness import AVAILABILITY, FAILURE, FIRST, INTERVAL, uniform
+from fedsim.gossip.randomness import AVAILABILITY, FAILURE, FIRST, INTERVAL, NONFINITE, uniform
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,16 @@ class Schedule:
         fixed: per-node gap in ticks (indexed by global node id), e.g. from device profiles
             (:func:`profile_intervals`); the first event is then uniform on ``1..gap`` so nodes are not in step.
         availability: at each of its events a node is online with this probability until its next event.
-        failure: probability that an online node's training step fails (its model is unchanged; it still gossips).
+        failure: probability that an online node's training step fails (its model is unchanged; it still gossips):
+            ``faults.crash``.
         trace: per-node online intervals in virtual seconds (``population.devices.availability.trace``); a listed
             node is online at an event iff ``tick · tick_s`` falls in one of its intervals (no draw).
         tick_s: virtual seconds per tick (for traces and reporting).
+        nonfinite: probability that a node's training at an event gives a non-finite model (``faults.nonfinite``;
+            the shard then keeps the node's previous model and the node sends nothing at that tick).
+        straggler: which nodes (a bool per global node id) are stragglers (``faults.stragglers``): each of their
+            gaps, the first event's offset included, is ``⌈gap · slowdown⌉`` ticks. None: no stragglers.
+        slowdown: the stragglers' factor (>= 1).
     """
 
     seed: int = 0
@@ -41,6 +47,9 @@ class Schedule:
     failure: float = 0.0
     trace: Mapping[int, Sequence[tuple[float, float]]] | None = None
     tick_s: float = 1.0
+    nonfinite: float = 0.0
+    straggler: np.ndarray | None = None
+    slowdown: float = 1.0
 
     def __post_init__(self) -> None:
         lo, hi = self.interval
@@ -51,7 +60,11 @@ class Schedule:
                 "population.devices.availability", "a probability in (0, 1] for gossip", self.availability
             )
         if not 0.0 <= self.failure < 1.0:
-            raise ConfigError("population.devices.failure", "a probability in [0, 1)", self.failure)
+            raise ConfigError("faults.crash", "a probability in [0, 1)", self.failure)
+        if not 0.0 <= self.nonfinite < 1.0:
+            raise ConfigError("faults.nonfinite", "a probability in [0, 1)", self.nonfinite)
+        if not (1.0 <= self.slowdown and math.isfinite(self.slowdown)):
+            raise ConfigError("faults.stragglers.slowdown", "a number >= 1", self.slowdown)
         if self.fixed is not None and (np.asarray(self.fixed) < 1).any():
             raise ValueError("fixed intervals must be >= 1 tick")
 
@@ -59,9 +72,14 @@ class Schedule:
         u = uniform(self.seed, purpose, nodes, events)
         if self.fixed is None:
             lo, hi = self.interval
-            return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
-        gap = np.asarray(self.fixed, dtype=np.int64)[nodes]
-        return gap if purpose == INTERVAL else 1 + np.floor(u * gap).astype(np.int64)
+            gap = lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
+        else:
+            gap = np.asarray(self.fixed, dtype=np.int64)[nodes]
+            gap = gap if purpose == INTERVAL else 1 + np.floor(u * gap).astype(np.int64)
+        if self.straggler is None:
+            return gap
+        slow = self.straggler[np.asarray(nodes, dtype=np.int64)]
+        return np.where(slow, np.ceil(gap * self.slowdown - 1e-9).astype(np.int64), gap)
 
     def first_events(self, nodes: np.ndarray) -> np.ndarray:
         """Each node's first event tick (>= 1)."""
@@ -87,6 +105,12 @@ class Schedule:
         if self.failure == 0.0:
             return np.zeros(len(nodes), dtype=bool)
         return uniform(self.seed, FAILURE, nodes, events) < self.failure
+
+    def nonfinite_at(self, nodes: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """Whether each node's training at this event gives a non-finite model (``faults.nonfinite``)."""
+        if self.nonfinite == 0.0:
+            return np.zeros(len(nodes), dtype=bool)
+        return uniform(self.seed, NONFINITE, nodes, events) < self.nonfinite
 
     @property
     def varies_availability(self) -> bool:

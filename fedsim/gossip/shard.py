@@ -190,7 +190,9 @@ class GossipShard:
         self.buffers: list[list[int]] = [[] for _ in range(n)]
         self.pool = _Pool(self.params)
         self.pending = Mail.empty(self.params)
-        self.counts = {"trained": 0, "sent": 0, "merges": 0, "timeout_merges": 0, "failed": 0}
+        self.counts = {
+            "trained": 0, "sent": 0, "merges": 0, "timeout_merges": 0, "failed": 0, "dropped_nonfinite": 0
+        }  # fmt: skip
         self.losses: list[float] = []
         self._tx = make_chain(
             config.optimizer, model_roles(model), batch_dims=1, **dict(config.optimizer_args)
@@ -213,8 +215,9 @@ class GossipShard:
         grads = torch.autograd.grad(losses.sum(), list(q.values()))
         return dict(zip(q, grads, strict=True)), losses.detach()
 
-    def _sgd_step(self, idx: np.ndarray, batches: list[np.ndarray]) -> None:
-        """One optimizer step for the local nodes ``idx`` together, node r on the example rows ``batches[r]``."""
+    def _sgd_step(self, idx: np.ndarray, batches: list[np.ndarray]) -> torch.Tensor:
+        """One optimizer step for the local nodes ``idx`` together, node r on the example rows ``batches[r]``;
+        returns their losses."""
         width = max(len(b) for b in batches)
         rows = torch.zeros(len(idx), width, dtype=torch.long)
         mask = torch.zeros(len(idx), width)
@@ -229,15 +232,22 @@ class GossipShard:
         with torch.no_grad():
             for name, t in self.params.items():
                 t[t_idx] = p[name] + updates[name].to(t.dtype)
-        self.losses += losses.tolist()
+        return losses
 
-    def _train(self, idx: np.ndarray, events: np.ndarray) -> None:
+    def _train(self, idx: np.ndarray, events: np.ndarray) -> np.ndarray:
         """Train the local nodes ``idx`` at their event numbers ``events``: one mini-batch, or one epoch of
-        mini-batches over a per-event permutation (nodes without examples are skipped)."""
+        mini-batches over a per-event permutation (nodes without examples are skipped).
+
+        A node whose new model is not finite (really, or drawn by ``faults.nonfinite``: its new model is then
+        made NaN) keeps its model from before the event, its losses are left out, and it is counted in
+        ``dropped_nonfinite`` instead of ``trained``. Returns those nodes' local indices."""
         keep = np.array([len(self._parts[i]) > 0 for i in idx], dtype=bool)
         idx, events = idx[keep], events[keep]
         if not len(idx):
-            return
+            return np.zeros(0, dtype=np.int64)
+        t_idx = torch.from_numpy(idx)
+        before = {name: t[t_idx] for name, t in self.params.items()}
+        losses: list[tuple[np.ndarray, torch.Tensor]] = []  # (rows of idx, their losses) per step
         bsz, seed = self.cfg.batch_size, self.schedule.seed
         if self.cfg.unit == "minibatch":
             picks = [
@@ -246,7 +256,7 @@ class GossipShard:
                 ]
                 for i, e in zip(idx, events, strict=True)
             ]
-            self._sgd_step(idx, picks)
+            losses.append((np.arange(len(idx)), self._sgd_step(idx, picks)))
         else:
             orders = [
                 self._parts[i][
@@ -257,8 +267,37 @@ class GossipShard:
             steps = np.array([-(-len(o) // bsz) for o in orders])
             for s in range(int(steps.max())):
                 on = np.flatnonzero(steps > s)
-                self._sgd_step(idx[on], [orders[r][s * bsz : (s + 1) * bsz] for r in on])
-        self.counts["trained"] += len(idx)
+                losses.append((on, self._sgd_step(idx[on], [orders[r][s * bsz : (s + 1) * bsz] for r in on])))
+        return self._drop_nonfinite(idx, events, before, losses)
+
+    @torch.no_grad()
+    def _drop_nonfinite(
+        self,
+        idx: np.ndarray,
+        events: np.ndarray,
+        before: Mapping[str, torch.Tensor],
+        losses: Sequence[tuple[np.ndarray, torch.Tensor]],
+    ) -> np.ndarray:
+        """After training ``idx``: inject ``faults.nonfinite``, give every node whose model is not finite its
+        model from ``before`` back, keep the others' losses and count both; returns the dropped local indices."""
+        t_idx = torch.from_numpy(idx)
+        poisoned = torch.from_numpy(self.schedule.nonfinite_at(self.owned[idx], events))
+        ok = torch.ones(len(idx), dtype=torch.bool)
+        for t in self.params.values():
+            if bool(poisoned.any()):
+                t[t_idx[poisoned]] = float("nan")
+            ok &= torch.isfinite(t[t_idx]).flatten(1).all(1)
+        bad = np.flatnonzero(~ok.numpy())
+        if len(bad):
+            rows = torch.from_numpy(bad)
+            for name, t in self.params.items():
+                t[t_idx[rows]] = before[name][rows]
+        good = ok.numpy()
+        for rows, values in losses:
+            self.losses += [v for r, v in zip(rows, values.tolist(), strict=True) if good[r]]
+        self.counts["trained"] += int(good.sum())
+        self.counts["dropped_nonfinite"] += len(bad)
+        return idx[bad]
 
     # -- the two phases of a tick ---------------------------------------------------------------------------
     def pullers_due(self, tick: int) -> np.ndarray:
@@ -273,6 +312,7 @@ class GossipShard:
         of other shards that pull from it at this tick. Returns the mail for other shards."""
         due = np.flatnonzero(self.next_event == tick)
         sends: dict[int, list[np.ndarray]] = {}
+        silent = np.zeros(len(self.owned), dtype=bool)  # not finite after training: they send nothing
         if len(due):
             nodes, events = self.owned[due], self.events[due]
             if self.schedule.varies_availability:
@@ -282,9 +322,10 @@ class GossipShard:
             self.events[due] += 1
             up = self.online[due]
             self.counts["failed"] += int((up & failed).sum())
-            self._train(due[up & ~failed], events[up & ~failed])
+            dropped = self._train(due[up & ~failed], events[up & ~failed])
+            silent[dropped] = True
             if self.cfg.pushes:
-                for g in nodes[up]:
+                for g in nodes[up & ~silent[due]]:
                     sends.setdefault(int(g), []).append(self.neighbours[g])
             if self.cfg.pulls:  # due pullers (online or not: delivery drops what reaches an offline node)
                 for g in nodes:
@@ -293,8 +334,11 @@ class GossipShard:
                             sends.setdefault(int(j), []).append(np.array([g], dtype=np.int64))
         for j, requesters in (serve or {}).items():
             sends.setdefault(int(j), []).append(np.asarray(requesters, dtype=np.int64))
-        # an offline node sends nothing and answers no pull
-        senders = np.array(sorted(j for j in sends if self.online[self.local[j]]), dtype=np.int64)
+        # an offline node, or one whose training was not finite at this tick, sends nothing and answers no pull
+        senders = np.array(
+            sorted(j for j in sends if self.online[self.local[j]] and not silent[self.local[j]]),
+            dtype=np.int64,
+        )
         if not len(senders):
             return Mail.empty(self.params)
         rows = torch.from_numpy(self.local[senders])

@@ -150,7 +150,8 @@ def check_scenario(scenario: Scenario) -> None:
 
 
 def _check_full_batch_strategy(scenario: Scenario) -> None:
-    """DIFF2-GD / DP-GD (``strategies.diff2``) use every client in every round: no cohort, no failures."""
+    """DIFF2-GD / DP-GD (``strategies.diff2``) use every client in every round: no cohort, no crashes (a non-finite
+    contribution, ``faults.nonfinite``, is dropped and counted by the worker)."""
     from strategies.diff2 import DIFF2_NAMES
 
     name = scenario.strategy.name
@@ -163,12 +164,18 @@ def _check_full_batch_strategy(scenario: Scenario) -> None:
             f"equal to population.clients ({clients}) for {name} (every client takes part in every round)",
             scenario.strategy.clients_per_round,
         )
-    if devices.failure != 0 or devices.availability != 1.0:
-        field = "failure" if devices.failure != 0 else "availability"
+    if scenario.faults.crash != 0:  # population.devices.failure, its older name, holds the same value
         raise ConfigError(
-            f"population.devices.{field}",
-            f"{'0' if field == 'failure' else '1.0'} for {name} (its recursion needs every client every round)",
-            getattr(devices, field),
+            "faults.crash",
+            f"0 for {name} (its recursion needs every client every round; population.devices.failure is the "
+            "older name of faults.crash)",
+            scenario.faults.crash,
+        )
+    if devices.availability != 1.0:
+        raise ConfigError(
+            "population.devices.availability",
+            f"1.0 for {name} (its recursion needs every client every round)",
+            devices.availability,
         )
 
 

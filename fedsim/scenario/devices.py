@@ -1,22 +1,25 @@
 """Device profiles of the population and the virtual duration of a client's round.
 
 Each logical client gets a compute speed (samples/s) and a link bandwidth (bytes/s), drawn once from the
-scenario's distributions: O(population) floats, nothing else per client. A client's virtual duration is
+scenario's distributions: O(population) floats (and a bool per client with stragglers), nothing else per client. A client's virtual duration is
 ``examples × epochs / speed + 2 × model_bytes / bandwidth`` (model down and update up), or with an ``F-X``
-profile the paper's fixed τ_i. Availability is a probability per selection, or a trace of online intervals.
-A pure function of the scenario's ``population.devices`` block, so validation (a trace file's rows) and the
+profile the paper's fixed τ_i; a straggler's (``faults.stragglers``) is ``slowdown`` times longer. Availability
+is a probability per selection, or a trace of online intervals.
+A pure function of the scenario's ``population.devices`` and ``faults`` blocks, so validation (a trace file's rows) and the
 engine's loops share it without either importing the other.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from fedsim.errors import ConfigError
-from fedsim.scenario.schema import AvailabilityTrace, DevicesConfig, Distribution
+from fedsim.faults import straggler_mask
+from fedsim.randomness import Stream, generator
+from fedsim.scenario.schema import AvailabilityTrace, DevicesConfig, Distribution, Scenario
 from strategies.asynchronous import f_x_durations
 
 _MIN_POSITIVE = 1e-9
@@ -67,7 +70,8 @@ def load_trace(path: str, clients: int) -> dict[int, list[tuple[float, float]]]:
 @dataclass(frozen=True)
 class DeviceProfiles:
     """Per-client speed and bandwidth arrays (or F-X durations), availability (a probability or per-client online
-    intervals) and the failure rate."""
+    intervals), the crash rate (``failure``: ``faults.crash``) and the stragglers (``straggler``: a bool per
+    client, None without any; their durations are ``slowdown`` times longer)."""
 
     speed: np.ndarray
     bandwidth: np.ndarray
@@ -75,21 +79,48 @@ class DeviceProfiles:
     failure: float
     fixed_durations: np.ndarray | None = None
     trace: dict[int, list[tuple[float, float]]] | None = None
+    straggler: np.ndarray | None = None
+    slowdown: float = 1.0
 
     @classmethod
     def sample(cls, cfg: DevicesConfig, n: int, rng: np.random.Generator) -> DeviceProfiles:
+        """The profiles of ``population.devices`` alone (no stragglers: they need the scenario's seed and
+        ``faults`` block, see :meth:`from_scenario`)."""
         speed, bandwidth = draw(cfg.speed, n, rng), draw(cfg.bandwidth, n, rng)
         fixed = None if cfg.f_x is None else np.asarray(f_x_durations(n, cfg.f_x))
         if isinstance(cfg.availability, AvailabilityTrace):
             return cls(speed, bandwidth, 1.0, cfg.failure, fixed, load_trace(cfg.availability.trace, n))
         return cls(speed, bandwidth, float(cfg.availability), cfg.failure, fixed)
 
+    @classmethod
+    def from_scenario(cls, scenario: Scenario) -> DeviceProfiles:
+        """A run's profiles: ``population.devices`` drawn from the ``DEVICE`` stream (the same draws as
+        :meth:`sample`), the crash rate ``faults.crash``, and the stragglers of ``faults.stragglers`` drawn once
+        from the ``STRAGGLER`` stream (``fedsim.faults.straggler_mask``)."""
+        n, faults = scenario.population.clients, scenario.faults
+        base = cls.sample(scenario.population.devices, n, generator(scenario.seed, Stream.DEVICE))
+        lag = faults.stragglers
+        mask = straggler_mask(scenario.seed, n, lag.fraction) if lag.slowdown > 1.0 else None
+        slowdown = lag.slowdown if mask is not None else 1.0
+        return replace(base, failure=faults.crash, straggler=mask, slowdown=slowdown)
+
+    def slowdowns(self, cids: np.ndarray) -> np.ndarray:
+        """Each of ``cids``' duration factor: ``slowdown`` for a straggler, 1 otherwise."""
+        cids = np.asarray(cids, dtype=np.int64)
+        if self.straggler is None:
+            return np.ones(len(cids))
+        return np.where(self.straggler[cids], self.slowdown, 1.0)
+
     def duration(self, cid: int, *, examples: int, epochs: int, model_bytes: int) -> float:
         """Virtual seconds for client ``cid`` to receive the model, train and send its update (its F-X τ_i with
-        an F-X profile)."""
+        an F-X profile), times ``slowdown`` for a straggler."""
         if self.fixed_durations is not None:
-            return float(self.fixed_durations[cid])
-        return examples * epochs / self.speed[cid] + 2 * model_bytes / self.bandwidth[cid]
+            base = float(self.fixed_durations[cid])
+        else:
+            base = examples * epochs / self.speed[cid] + 2 * model_bytes / self.bandwidth[cid]
+        if self.straggler is not None and self.straggler[cid]:
+            return base * self.slowdown
+        return base
 
     def online(self, cids: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
         """Which of ``cids`` are online at virtual time ``t``: inside one of their trace intervals, else each

@@ -133,6 +133,7 @@ class DevicesConfig(_Frozen):
 
     ``profile: F-X`` replaces speed and bandwidth by the deterministic durations of Fraboni et al.:
     τ_i = 1 − i·(X/100)/(M−1) virtual seconds per local run (client 0 slowest, the fastest X% faster).
+    ``failure`` is the older name of ``faults.crash`` (:class:`Scenario` keeps the two equal).
     """
 
     speed: Distribution = Distribution(dist="constant", value=100.0)
@@ -180,6 +181,27 @@ class DevicesConfig(_Frozen):
 class PopulationConfig(_Frozen):
     clients: int = Field(default=100, ge=1)
     devices: DevicesConfig = DevicesConfig()
+
+
+class StragglersConfig(_Frozen):
+    """Slow clients: ``fraction`` of the population (drawn once per run from the scenario seed) whose virtual
+    durations are ``slowdown`` times their profile's."""
+
+    fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    slowdown: float = Field(default=1.0, ge=1.0, allow_inf_nan=False)
+
+
+class FaultsConfig(_Frozen):
+    """Faults injected into a run, the same in every strategy family (``docs/scenarios.md``, Faults).
+
+    ``crash``: probability that a started client crashes and returns nothing (``population.devices.failure`` is
+    its older name). ``nonfinite``: probability that a client's update comes back NaN (drawn per round and
+    client on the worker; the update is then dropped as non-finite). ``stragglers``: slow clients.
+    """
+
+    crash: float = Field(default=0.0, ge=0.0, lt=1.0)
+    nonfinite: float = Field(default=0.0, ge=0.0, lt=1.0)
+    stragglers: StragglersConfig = StragglersConfig()
 
 
 class ModelConfig(_Frozen):
@@ -382,6 +404,18 @@ class OutputConfig(_Frozen):
     keep_checkpoints: int = Field(default=3, ge=1)
 
 
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    """A raw block as a dict of the keys it gives (a model: its set fields), or None when it is neither."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def _probability(value: Any) -> bool:
+    """A number in [0, 1) (what ``faults.crash`` accepts), not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
 class Scenario(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = Field(default=0, ge=0)
@@ -396,6 +430,32 @@ class Scenario(_Frozen):
     engine: EngineConfig = EngineConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
+    faults: FaultsConfig = FaultsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _crash_has_two_names(cls, data: Any) -> Any:
+        """``faults.crash`` and its older name ``population.devices.failure`` hold one value: either may be given
+        (the other takes its value), both only if they are equal. A value that is not a probability in [0, 1)
+        is not copied, so its own field's error names it once."""
+        if not isinstance(data, dict):
+            return data
+        population, faults = _as_dict(data.get("population", {})), _as_dict(data.get("faults", {}))
+        devices = _as_dict(population.get("devices", {})) if population is not None else None
+        if devices is None or faults is None:
+            return data
+        failure, crash = devices.get("failure"), faults.get("crash")
+        if _probability(failure) and _probability(crash) and failure != crash:
+            raise ValueError(
+                "faults.crash and population.devices.failure (its older name) must be equal when both are "
+                f"given; give faults.crash only. Got faults.crash={crash!r}, population.devices.failure={failure!r}"
+            )
+        if _probability(failure) and "crash" not in faults:
+            return {**data, "faults": {**faults, "crash": failure}}
+        if _probability(crash) and "failure" not in devices:
+            assert population is not None
+            return {**data, "population": {**population, "devices": {**devices, "failure": crash}}}
+        return data
 
     @property
     def gossip_settings(self) -> GossipSettings:

@@ -197,7 +197,7 @@ def test_a_zero_step_gives_a_zero_radius_no_noise_and_no_nan():
         ({"strategy": {"args": {**ARGS, "bogus": 1}}}, "strategy.args.bogus"),
         ({"strategy": {"name": "dp_gd", "args": {"lr": 0.1, "clip": -1.0}}}, "strategy.args.clip"),
         ({"strategy": {"name": "fedavg", "clients_per_round": 5, "args": {}}}, "strategy.name"),
-        ({"population": {"clients": 5, "devices": {"failure": 0.1}}}, "population.devices.failure"),
+        ({"population": {"clients": 5, "devices": {"failure": 0.1}}}, "faults.crash"),
         (
             {"data": {"dataset": "regression", "args": {"n": 500}, "partitioner": "dirichlet"}},
             "data.partitioner",

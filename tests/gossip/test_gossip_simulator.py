@@ -69,7 +69,7 @@ def test_two_nodes_plain_half_merge_equals_the_hand_computation():
         for k in ("weight", "bias"):
             expected = 0.5 * trained[i][k] + 0.5 * trained[1 - i][k]
             assert torch.allclose(s.params[k][i], expected, atol=1e-6)
-    assert s.counts == {"trained": 2, "sent": 2, "merges": 2, "timeout_merges": 0, "failed": 0}
+    assert s.counts == {"trained": 2, "sent": 2, "merges": 2, "timeout_merges": 0, "failed": 0, "dropped_nonfinite": 0}
 
 
 def test_star_graph_hub_averages_the_leaves_and_leaves_take_the_hub():
