@@ -22,7 +22,6 @@ from fedsim.engine.rounds import RunSummary
 from fedsim.engine.setup import build_data, build_initial_model, evaluation_data
 from fedsim.engine.stopping import RunStopped
 from fedsim.engine.transport import wait_for_workers
-from fedsim.randomness import Stream, generator
 from fedsim.scenario.devices import DeviceProfiles
 from strategies import build_strategy
 
@@ -74,7 +73,7 @@ class Driver:
             data=data,
             model=model,
             params=params,
-            profiles=DeviceProfiles.sample(sc.population.devices, n, generator(sc.seed, Stream.DEVICE)),
+            profiles=DeviceProfiles.from_scenario(sc),
             privacy=engine.privacy,
         )
 
