@@ -209,11 +209,16 @@ def withholds(scenario: Scenario, name: str) -> bool:
 def _checkpoints_note(scenario: Scenario, gossip: bool) -> str:
     """What ``checkpoints/`` holds; for a DP run, that it must not be shared: the strategy state carries the
     noise generator's state, from which the noise added so far can be recomputed and subtracted."""
-    note = "model + strategy state" + (", node models" if gossip else "")
+    out = scenario.output
+    note = (
+        "model + strategy state" + (", node models" if gossip else "") + " and everything `fedsim run --resume` "
+        "needs (random streams, clocks, results in flight), written atomically and owner-only (mode 0600); the "
+        f"newest {out.keep_checkpoints} kept"
+    )
     if scenario.privacy is not None:
         note += (
-            " and the DP noise generator's state, owner-only (mode 0600): it reconstructs the noise, so share a DP "
-            "results folder without `checkpoints/`"
+            ". They hold the DP noise generator's state and the secret cohort seed: they reconstruct the noise and "
+            "who was sampled, so share a DP results folder without `checkpoints/`"
         )
     return note
 
