@@ -12,6 +12,7 @@ worker exists, so they still fail as one ``ConfigError`` line before training st
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 from fedsim.errors import ConfigError, UnknownNameError
@@ -82,9 +83,24 @@ def check_output_root(root: str | Path, name: str, *, field: str = "output.dir")
 def check_scenario(scenario: Scenario) -> None:
     """Every check that needs no built object: names, arguments, cross-field rules, this machine's limits.
 
+    A scenario object that passed is remembered (weakly, by identity), so a run that loaded its file (which
+    checks) does not check it again before it starts (``fedsim.engine.preflight``); a scenario changed by an
+    override is a new object and is checked anew.
+
     Raises:
         ConfigError: the first problem, naming its field (``UnknownNameError`` lists the known names).
     """
+    if _PASSED.get(id(scenario)) is scenario:
+        return
+    _check_scenario(scenario)
+    _PASSED[id(scenario)] = scenario
+
+
+_PASSED: weakref.WeakValueDictionary[int, Scenario] = weakref.WeakValueDictionary()
+"""The scenario objects that passed :func:`check_scenario` in this process (an object is frozen: it stays valid)."""
+
+
+def _check_scenario(scenario: Scenario) -> None:
     # Imported here: the registries pull in torch and the data stack, which plain schema checks do not need.
     from clients.optimizers import check_optimizer_spec
     from fedsim.data.federated import dataset_task, partitioner_names, resolve_dataset_args
