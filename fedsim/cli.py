@@ -182,7 +182,7 @@ def privacy(
     """
     import time
 
-    from fedsim.privacy.plan import plan_and_spend
+    from fedsim.dp_plan import scenario_plan_and_spend
     from fedsim.privacy.report import NOT_PRIVATE, privacy_record, write_privacy_report
     from fedsim.scenario import load_scenario
 
@@ -196,8 +196,14 @@ def privacy(
         raise ConfigError(
             "privacy", "set in the scenario to get a privacy report (it is null)", None, source=str(scenario)
         )
+
+    def cached_data() -> object:  # the machine's data cache (and torch): only when the sizes need the examples
+        from fedsim.engine.setup import build_data
+
+        return build_data(sc)
+
     try:
-        plan, spent = plan_and_spend(sc)
+        plan, spent = scenario_plan_and_spend(sc, build=cached_data)
     except ConfigError as exc:
         raise exc.with_source(str(scenario)) from None
     folder = output or Path(sc.output.dir) / sc.name / f"privacy-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -283,9 +289,12 @@ def validate(
                 try:
                     check_before_run(sc)
                     if sc.privacy is not None:  # an unreachable target ε or an unaccountable sampling
-                        from fedsim.privacy.plan import plan_from_scenario
+                        from functools import partial
 
-                        plan_from_scenario(sc)
+                        from fedsim.dp_plan import scenario_plan
+                        from fedsim.engine.setup import build_data
+
+                        scenario_plan(sc, build=partial(build_data, sc))
                 except ConfigError as exc:
                     raise exc.with_source(str(path)) from None
         except FedsimError as exc:

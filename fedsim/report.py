@@ -82,10 +82,16 @@ def write_run_privacy_report(
     finished) with its measured clipping; return the settings line for ``report.md``."""
     if scenario.privacy is None:
         return "privacy: none (this run is not differentially private)"
-    from fedsim.privacy.plan import plan_and_spend, spend_rounds
+    from fedsim.dp_plan import scenario_plan_and_spend
+    from fedsim.privacy.plan import spend_rounds
     from fedsim.privacy.report import NOT_PRIVATE, measured_clipping, privacy_record, write_privacy_report
 
-    plan, spent = privacy or plan_and_spend(scenario)
+    def cached_data() -> Any:  # the machine's data cache (and torch): only when the sizes need the examples
+        from fedsim.engine.setup import build_data
+
+        return build_data(scenario)
+
+    plan, spent = privacy or scenario_plan_and_spend(scenario, build=cached_data)
     done = len(rows)
     if 0 < done < plan.rounds:
         spent = spend_rounds(plan, done)

@@ -113,9 +113,10 @@ def run_scenario(
     )  # a backend setting that cannot work fails here, before anything starts
     privacy = None
     if scenario.privacy is not None:  # bad privacy settings fail here, before anything starts
-        from fedsim.privacy.plan import plan_and_spend
+        from fedsim.dp_plan import scenario_plan_and_spend
+        from fedsim.engine.setup import build_data
 
-        privacy = plan_and_spend(scenario)
+        privacy = scenario_plan_and_spend(scenario, build=lambda: build_data(scenario))
     t0 = time.monotonic()
     if resume is None:
         path = new_run_dir(scenario, root=output_root)

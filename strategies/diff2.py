@@ -56,6 +56,7 @@ from fedsim.privacy import FULL_BATCH_STRATEGIES
 
 if TYPE_CHECKING:  # the accountants cost seconds to import: only DP-GD's accounting needs them
     from fedsim.privacy.accounting import Mechanism
+    from fedsim.privacy.plan import FullBatchSettings
 
 PerExampleGrads = Callable[[torch.Tensor], torch.Tensor]
 """One client's per-example gradients: ``x`` shaped ``[d]`` -> ``[n_p, d]`` (``n_p >= 1``, same dtype as ``x``)."""
@@ -409,6 +410,19 @@ class Diff2Strategy:
             noise_multiplier2=float(noise_multiplier1) * self.noise_ratio,
         )
         return replace(self, config=cfg)
+
+    def privacy_settings(self) -> FullBatchSettings:
+        """What the privacy plan accounts for this strategy (``fedsim.privacy.plan.plan_from_scenario``'s
+        ``full_batch``): T, C1, C2 and σ2/σ1 from the validated arguments."""
+        from fedsim.privacy.plan import FullBatchSettings  # here: the plan imports the accountants
+
+        c = self.config
+        return FullBatchSettings(
+            restart_every=int(c.restart_every),
+            clip1=float(c.clip1),
+            clip2=float(c.clip2),
+            noise_ratio=float(self.noise_ratio),
+        )
 
 
 def make_diff2_strategy(name: str) -> Callable[..., Diff2Strategy]:

@@ -59,9 +59,9 @@ class Driver:
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
         n = sc.population.clients
         if sc.privacy is not None and engine.privacy is None:  # imported here: accountants take seconds
-            from fedsim.privacy.plan import plan_and_spend
+            from fedsim.dp_plan import scenario_plan_and_spend
 
-            engine.privacy = plan_and_spend(sc, [data.num_examples(c) for c in range(n)])
+            engine.privacy = scenario_plan_and_spend(sc, [data.num_examples(c) for c in range(n)])
         identities = engine.await_prepared(self.grid, pending)
         return RunContext(
             scenario=sc,

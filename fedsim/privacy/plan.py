@@ -8,13 +8,16 @@ and per round. Client level: one invocation per round (q = cohort/population). S
 local DP-SGD step of the worst-off client (``fedsim.privacy.sample_level``), ``steps_per_round`` of them a round.
 Full-batch strategies (``diff2``, ``dp_gd``): one Gaussian mechanism per round on the whole data (q = 1), with σ1 on
 DIFF2's restart rounds and σ2 = ``noise_ratio``·σ1 on its difference rounds (:class:`RoundSchedule`), composed as a
-heterogeneous sequence (``fedsim.privacy.accounting.epsilon_of_sequence``).
+heterogeneous sequence (``fedsim.privacy.accounting.epsilon_of_sequence``). This package sits below the
+strategies and the engine: a full-batch strategy's settings (:class:`FullBatchSettings`) and the machine's data
+cache come from the caller, ``fedsim.dp_plan.scenario_plan`` for the commands and the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fedsim.errors import ConfigError
 from fedsim.privacy import FULL_BATCH_STRATEGIES
@@ -128,36 +131,73 @@ class PrivacyPlan:
         return self.mechanism.noise_multiplier
 
 
-def scenario_client_sizes(scenario: Scenario) -> list[int]:
+@dataclass(frozen=True)
+class FullBatchSettings:
+    """What a full-batch strategy (``diff2``, ``dp_gd``) runs, in accounting terms: the inputs of its
+    :class:`RoundSchedule` besides σ1 and the partition. The strategy gives them
+    (``strategies.diff2.Diff2Strategy.privacy_settings``, its validated ``strategy.args``); the privacy package
+    does not import the strategies, so the caller passes them (``fedsim.dp_plan.scenario_plan``).
+
+    ``restart_every``: T, round r restarts when (r − 1) mod T == 0 (T = 1: every round, DP-GD); ``clip1``/``clip2``:
+    the per-example clips of restart and difference rounds; ``noise_ratio``: σ2/σ1.
+    """
+
+    restart_every: int
+    clip1: float
+    clip2: float
+    noise_ratio: float
+
+    def kind(self, round: int) -> str:
+        """``restart`` when (round − 1) mod T == 0, else ``difference`` (as ``Diff2Config.kind``)."""
+        return "restart" if (round - 1) % self.restart_every == 0 else "difference"
+
+
+def scenario_client_sizes(scenario: Scenario, build: Callable[[], Any] | None = None) -> list[int]:
     """Every client's number of training examples: without the examples where the dataset allows
-    (``fedsim.data.sizes``), else from the partition built (or read from the machine's data cache)."""
+    (``fedsim.data.sizes``), else from ``build()`` (the caller's ``FederatedData``, e.g. through the machine's
+    data cache) or, without it, from the partition built here (``fedsim.data.load_federated_data``, no cache)."""
     from fedsim.data.sizes import client_sizes  # imported here: client-level plans need no data
-
-    def build() -> object:  # torch and the data cache: only when the sizes need the examples
-        from fedsim.engine.setup import build_data
-
-        return build_data(scenario)
 
     return [int(n) for n in client_sizes(scenario, build=build)]
 
 
-def plan_from_scenario(scenario: Scenario, client_sizes: Sequence[int] | None = None) -> PrivacyPlan:
+def plan_from_scenario(
+    scenario: Scenario,
+    client_sizes: Sequence[int] | None = None,
+    *,
+    full_batch: FullBatchSettings | None = None,
+    build: Callable[[], Any] | None = None,
+) -> PrivacyPlan:
     """Resolve ``scenario.privacy`` (which must be set) into a :class:`PrivacyPlan`.
 
-    ``client_sizes`` (sample level only): every client's number of training examples; when None they are
-    computed from the scenario (:func:`scenario_client_sizes`: without building the examples where possible).
+    Callers above the strategies resolve a scenario's plan with ``fedsim.dp_plan.scenario_plan``,
+    which gives ``full_batch`` for the full-batch strategies.
+
+    Args:
+        client_sizes: (sample level, full batch) every client's number of training examples; when None they are
+            computed from the scenario (:func:`scenario_client_sizes`: without building the examples where
+            possible, else from ``build()``).
+        full_batch: the strategy's settings, required when ``strategy.name`` is ``diff2`` or ``dp_gd`` (and only
+            then).
+        build: the scenario's ``FederatedData`` when the sizes need the examples (default: built here, no cache).
 
     Raises:
         ConfigError: naming the field, for settings that cannot be accounted (e.g. an unreachable target ε,
             a sampling an accountant cannot handle).
+        ValueError: ``full_batch`` missing for a full-batch strategy, or given for another one.
     """
     cfg = scenario.privacy
     if cfg is None:
         raise ConfigError("privacy", "set (a mapping with at least `level`) to plan DP", None)
-    if scenario.strategy.name in FULL_BATCH_STRATEGIES:  # (the full-batch plan imports the strategy lazily)
-        return _full_batch_plan(scenario, cfg, client_sizes)
+    if scenario.strategy.name in FULL_BATCH_STRATEGIES:
+        return _full_batch_plan(scenario, cfg, client_sizes, full_batch, build)
+    if full_batch is not None:
+        raise ValueError(
+            f"plan_from_scenario: full_batch settings given for strategy {scenario.strategy.name!r}, which is "
+            f"not a full-batch strategy ({', '.join(FULL_BATCH_STRATEGIES)})"
+        )
     if cfg.level == "sample":
-        return _sample_level_plan(scenario, cfg, client_sizes)
+        return _sample_level_plan(scenario, cfg, client_sizes, build)
     cohort, population = scenario.strategy.clients_per_round, scenario.population.clients
     sampling, accountants = cfg.sampling, tuple(cfg.accountants)
     steps = scenario.rounds
@@ -211,11 +251,14 @@ def plan_from_scenario(scenario: Scenario, client_sizes: Sequence[int] | None = 
 
 
 def _sample_level_plan(
-    scenario: Scenario, cfg: PrivacyConfig, client_sizes: Sequence[int] | None
+    scenario: Scenario,
+    cfg: PrivacyConfig,
+    client_sizes: Sequence[int] | None,
+    build: Callable[[], Any] | None,
 ) -> PrivacyPlan:
     """DP-SGD on every client: the worst group of clients, σ given or calibrated so that group meets the target."""
     if client_sizes is None:
-        client_sizes = scenario_client_sizes(scenario)
+        client_sizes = scenario_client_sizes(scenario, build)
     groups = client_groups(client_sizes, scenario.client.batch_size)
     if not groups:
         raise ConfigError("data", "a partition in which some client has training examples", "none has")
@@ -254,15 +297,15 @@ _SIGMA_LIMIT = 1000.0
 
 
 def _full_batch_plan(
-    scenario: Scenario, cfg: PrivacyConfig, client_sizes: Sequence[int] | None
+    scenario: Scenario,
+    cfg: PrivacyConfig,
+    client_sizes: Sequence[int] | None,
+    settings: FullBatchSettings | None,
+    build: Callable[[], Any] | None,
 ) -> PrivacyPlan:
     """DIFF2-GD / DP-GD with sample-level DP: σ1 given (``privacy.noise_multiplier``) or calibrated so that the
     whole run's sequence of mechanisms meets ``privacy.target_epsilon`` by the first accountant (bisection on σ1
-    with σ2/σ1 fixed at ``strategy.args.noise_ratio``)."""
-    # The strategy (its validated args: T, clips, the σ ratio) comes from the strategies registry; imported here
-    # so that the privacy package does not depend on strategies for every other plan.
-    from strategies import build_strategy
-
+    with σ2/σ1 fixed at ``settings.noise_ratio``, the strategy's validated ``strategy.args``)."""
     name = scenario.strategy.name
     if cfg.level != "sample":
         raise ConfigError(
@@ -286,13 +329,17 @@ def _full_batch_plan(
             "privacy.target_epsilon; σ2 = strategy.args.noise_ratio·σ1)",
             args[given[0]],
         )
-    strategy = build_strategy(scenario.strategy, scenario.population.clients)
+    if settings is None:
+        raise ValueError(
+            f"plan_from_scenario: strategy {name!r} is full-batch: pass full_batch=FullBatchSettings (its "
+            "restart period, clips and noise ratio; fedsim.dp_plan.scenario_plan gives them)"
+        )
     if client_sizes is None:
-        client_sizes = scenario_client_sizes(scenario)
+        client_sizes = scenario_client_sizes(scenario, build)
     if min(client_sizes) < 1:
         raise ConfigError("data", "a partition in which every client has training examples", "one has none")
-    c = strategy.config  # type: ignore[union-attr]
-    ratio = float(strategy.noise_ratio)  # type: ignore[union-attr]
+    c = settings
+    ratio = float(c.noise_ratio)
 
     def schedule(sigma1: float) -> RoundSchedule:
         return RoundSchedule(
@@ -445,8 +492,13 @@ def _spend_per_group(plan: PrivacyPlan, rounds: int) -> Spend:
 
 
 def plan_and_spend(
-    scenario: Scenario, client_sizes: Sequence[int] | None = None
+    scenario: Scenario,
+    client_sizes: Sequence[int] | None = None,
+    *,
+    full_batch: FullBatchSettings | None = None,
+    build: Callable[[], Any] | None = None,
 ) -> tuple[PrivacyPlan, Spend]:
-    """The scenario's resolved DP plan and what it spends (the run's curve and totals)."""
-    plan = plan_from_scenario(scenario, client_sizes)
+    """The scenario's resolved DP plan (:func:`plan_from_scenario`, same arguments) and what it spends (the run's
+    curve and totals)."""
+    plan = plan_from_scenario(scenario, client_sizes, full_batch=full_batch, build=build)
     return plan, spend_rounds(plan)

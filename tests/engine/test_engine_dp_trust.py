@@ -79,14 +79,14 @@ def test_the_cohort_secret_is_written_nowhere(monkeypatch):
 
 
 def test_the_privacy_report_says_the_insecure_cohorts_are_not_private():
-    from fedsim.privacy.plan import plan_and_spend
+    from fedsim.dp_plan import scenario_plan_and_spend
     from fedsim.privacy.report import NOT_PRIVATE, privacy_record, statement
 
     for insecure in (True, False):
         sc = parse_scenario(
             {**SMALL, "privacy": {"noise_multiplier": 1.0, "accountants": ["rdp"], "insecure_seed": insecure}}
         )
-        plan, spent = plan_and_spend(sc)
+        plan, spent = scenario_plan_and_spend(sc)
         text = statement(privacy_record(plan, spent, source="scenario"), plan)
         cohort_lines = [line for line in text.splitlines() if "scenario.yaml publishes" in line]
         assert bool(cohort_lines) == insecure and all(NOT_PRIVATE in line for line in cohort_lines)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import fedsim.data.federated
-import fedsim.engine.setup
 from fedsim.data import load_federated_data
+from fedsim.dp_plan import scenario_plan
 from fedsim.privacy.plan import plan_from_scenario
 from fedsim.scenario import load_scenario
 
@@ -53,8 +53,42 @@ def test_sample_level_plan_builds_no_examples_and_matches_the_full_build(
     def boom(*args, **kwargs):
         raise AssertionError("the examples were built")
 
-    monkeypatch.setattr(fedsim.engine.setup, "build_data", boom)
     monkeypatch.setattr(fedsim.data.federated, "load_federated_data", boom)
-    plan = plan_from_scenario(sc)
+    plan = plan_from_scenario(sc, build=boom)  # neither the caller's build (the data cache) nor the loader
     assert plan.groups == expected.groups and plan.groups  # every client's size, grouped
     assert plan.mechanism == expected.mechanism and plan.worst_group == expected.worst_group
+
+
+def test_sizes_that_need_the_examples_come_from_the_caller_s_build_else_the_loader(tmp_path, monkeypatch):
+    # digits has no cheap path: the partition is built, by the caller's `build` (the commands pass the machine's
+    # data cache) when given, else by the data layer's loader; both give the plan of the full build's sizes
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO.format(dataset="digits", args="{}", partitioner="dirichlet", clients=10))
+    sc = load_scenario(path, check_names=False)
+    d = sc.data
+    kwargs = dict(
+        dataset=d.dataset,
+        args=d.args,
+        partitioner=d.partitioner,
+        partitioner_args=d.partitioner_args,
+        test_fraction=d.test_fraction,
+        num_clients=sc.population.clients,
+        seed=sc.seed,
+    )
+    full = load_federated_data(**kwargs)
+    expected = plan_from_scenario(sc, client_sizes=[int(n) for n in full.partitions.sizes()])
+    built = []
+
+    def build():
+        built.append(1)
+        return full
+
+    loaded = []
+
+    def loader(**kw):
+        loaded.append(kw)
+        return full
+
+    monkeypatch.setattr(fedsim.data.federated, "load_federated_data", loader)
+    assert scenario_plan(sc, build=build) == expected and built == [1] and loaded == []
+    assert scenario_plan(sc) == expected and built == [1] and loaded == [kwargs]

@@ -8,6 +8,7 @@ import math
 import pytest
 from scipy.stats import norm
 
+from fedsim.dp_plan import scenario_plan
 from fedsim.privacy.accounting import Mechanism, epsilon
 from fedsim.privacy.plan import plan_from_scenario, spend_rounds
 from fedsim.privacy.report import privacy_record, statement
@@ -123,7 +124,7 @@ def test_full_batch_report_states_zero_out_adjacency():
 
     root = Path(__file__).resolve().parents[2]
     sc = load_scenario(root / "scenarios" / "diff2-diabetes.yaml", check_names=False)
-    plan = plan_from_scenario(sc, client_sizes=[40] * sc.population.clients)
+    plan = scenario_plan(sc, client_sizes=[40] * sc.population.clients)
     rec = privacy_record(plan, spend_rounds(plan), source="scenario")
     assert rec["adjacency"].startswith("zero-out one example")
     assert (

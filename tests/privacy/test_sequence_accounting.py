@@ -17,9 +17,10 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from fedsim.dp_plan import full_batch_settings, scenario_plan
 from fedsim.errors import ConfigError
 from fedsim.privacy.accounting import Mechanism, epsilon, epsilon_of_sequence, sequence_curve
-from fedsim.privacy.plan import plan_from_scenario, spend_rounds
+from fedsim.privacy.plan import FullBatchSettings, plan_from_scenario, spend_rounds
 from fedsim.scenario import parse_scenario
 
 DELTA = 1e-5
@@ -101,7 +102,7 @@ def plan(privacy, strategy=None):
     raw = {**DIFF2, "privacy": {"level": "sample", **privacy}}
     if strategy:
         raw["strategy"] = {**DIFF2["strategy"], **strategy}
-    return plan_from_scenario(parse_scenario(raw))
+    return scenario_plan(parse_scenario(raw))
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
@@ -147,3 +148,44 @@ def test_bad_privacy_settings_are_one_line_errors(privacy, strategy, field):
     with pytest.raises(ConfigError) as err:
         plan(privacy, strategy)
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_the_strategy_gives_the_settings_the_plan_accounts():
+    # oracle: DIFF2's arguments written out by hand; dp_gd is T = 1 with C1 = C2 = clip and σ2 = σ1
+    sc = parse_scenario(
+        {**DIFF2, "privacy": {"level": "sample", "noise_multiplier": 4.0, "accountants": ["rdp"]}}
+    )
+    settings = full_batch_settings(sc)
+    assert settings == FullBatchSettings(restart_every=4, clip1=1.0, clip2=1.0, noise_ratio=1.5)
+    by_hand = plan_from_scenario(sc, client_sizes=[10] * 4, full_batch=settings)
+    assert scenario_plan(sc, client_sizes=[10] * 4) == by_hand
+    gd = {"name": "dp_gd", "clients_per_round": 4, "args": {"lr": 0.5, "clip": 2.0}}
+    assert full_batch_settings(parse_scenario({**DIFF2, "strategy": gd})) == FullBatchSettings(
+        1, 2.0, 2.0, 1.0
+    )
+    assert full_batch_settings(parse_scenario({**DIFF2, "strategy": {"clients_per_round": 4}})) is None
+
+
+@pytest.mark.parametrize("restart_every", [1, 3, 8])
+def test_the_settings_round_kinds_are_the_strategy_s(restart_every):
+    from strategies import build_strategy
+
+    sc = parse_scenario(
+        {**DIFF2, "strategy": {**DIFF2["strategy"], "args": {"lr": 0.5, "restart_every": restart_every}}}
+    )
+    strategy = build_strategy(sc.strategy, sc.population.clients)
+    settings = strategy.privacy_settings()
+    assert [settings.kind(r) for r in range(1, 40)] == [strategy.config.kind(r) for r in range(1, 40)]
+
+
+def test_a_full_batch_plan_without_the_strategy_settings_is_refused():
+    sc = parse_scenario(
+        {**DIFF2, "privacy": {"level": "sample", "noise_multiplier": 4.0, "accountants": ["rdp"]}}
+    )
+    with pytest.raises(ValueError, match="strategy 'diff2' is full-batch: pass full_batch="):
+        plan_from_scenario(sc, client_sizes=[10] * 4)
+    fedavg = parse_scenario(
+        {**DIFF2, "strategy": {"clients_per_round": 4}, "privacy": {"noise_multiplier": 1.0}}
+    )
+    with pytest.raises(ValueError, match="not a full-batch strategy"):
+        plan_from_scenario(fedavg, full_batch=FullBatchSettings(4, 1.0, 1.0, 1.5))
