@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fedsim import __version__
-from fedsim.engine.stopping import RunStopped
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.stopping import RunStopped
 
 if TYPE_CHECKING:
     from fedsim.resume import ResumePoint

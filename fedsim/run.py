@@ -14,12 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsim.engine.preflight import check_before_run
 from fedsim.engine.rounds import RunSummary
-from fedsim.engine.stopping import StopRequest, stop_on_signals
 from fedsim.errors import ConfigError
 from fedsim.report import write_report
 from fedsim.results import RunDir, new_run_dir
 from fedsim.resume import ResumePoint
 from fedsim.scenario import Scenario
+from fedsim.stopping import StopRequest, stop_on_signals
 from fedsim.tally import closing_line, position, progress_status, step_line
 
 

@@ -20,9 +20,9 @@ from fedsim.engine.loop import RunContext, StepResult, check_privacy, cpu_state,
 from fedsim.engine.placement import partition_owners
 from fedsim.engine.rounds import RunSummary
 from fedsim.engine.setup import build_data, build_initial_model, evaluation_data
-from fedsim.engine.stopping import RunStopped
 from fedsim.engine.transport import wait_for_workers
 from fedsim.scenario.devices import DeviceProfiles
+from fedsim.stopping import RunStopped
 from strategies import build_strategy
 
 if TYPE_CHECKING:

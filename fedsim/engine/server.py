@@ -34,12 +34,12 @@ from fedsim.engine.messages import (
 from fedsim.engine.placement import NodeIdentity, assign, read_node_identity
 from fedsim.engine.rounds import Recorder, RunSummary, client_seed
 from fedsim.engine.setup import cohort_seed
-from fedsim.engine.stopping import StopRequest
 from fedsim.engine.transport import UNAVAILABLE_CODES, RoundReplies, iter_replies
 from fedsim.errors import EngineError
 from fedsim.privacy.release import release_row
 from fedsim.protocol import ClientTask, WorkerResult
 from fedsim.scenario import Scenario
+from fedsim.stopping import StopRequest
 
 if TYPE_CHECKING:
     from fedsim.privacy.plan import PrivacyPlan, Spend
@@ -73,7 +73,7 @@ class Engine:
         placement: how logical clients map to nodes (``fedsim.engine.placement``): ``shard`` (simulation),
             ``partition`` (deployment: each node owns the client its node config names) or ``auto``.
         max_poll_s: the longest pause between pulls while waiting for replies (pauses double from 5 ms).
-        stop: set by a signal (``fedsim.engine.stopping``): the driver stops at the next safe point.
+        stop: set by a signal (``fedsim.stopping``): the driver stops at the next safe point.
         resume: a checkpoint's ``resume`` part to continue from (``fedsim.resume``).
     """
 

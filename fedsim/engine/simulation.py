@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from fedsim.engine.server import Engine, Recorder, RunSummary
-from fedsim.engine.stopping import RunStopped, StopRequest
 from fedsim.scenario import Scenario
 from fedsim.scenario.backend import BackendChoice, choose_backend
+from fedsim.stopping import RunStopped, StopRequest
 
 
 def inprocess_workers(scenario: Scenario) -> int:

@@ -11,9 +11,9 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fedsim.engine.stopping import RunStopped, StopRequest
 from fedsim.errors import EngineError
 from fedsim.protocol import WorkerResult
+from fedsim.stopping import RunStopped, StopRequest
 
 
 def wait_for_workers(

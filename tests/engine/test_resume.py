@@ -20,11 +20,11 @@ import fedsim.engine.setup as setup
 from fedsim.engine.loop import FAMILIES as LOOP_FAMILIES
 from fedsim.engine.loop import family_of
 from fedsim.engine.simulation import simulate
-from fedsim.engine.stopping import RunStopped, StopRequest
 from fedsim.errors import ConfigError
 from fedsim.results import RunDir, new_run_dir, read_metrics
 from fedsim.resume import find_resume_point
 from fedsim.scenario import parse_scenario
+from fedsim.stopping import RunStopped, StopRequest
 from strategies import build_strategy
 
 BASE = {
