@@ -5,7 +5,8 @@ worker and actor processes) must neither die under the run while it stops at a s
 
 - Signals. Ray starts every process it spawns with SIGINT blocked, so the terminal's Ctrl-C, which goes to the
   whole foreground process group, reaches only fedsim's handler (``fedsim.engine.stopping``); the workers keep
-  serving until the driver stops. ``ray.init`` however replaces the driver's SIGTERM handler with
+  serving until the driver stops. ``ray.init`` runs here with SIGHUP blocked too, which its processes inherit,
+  so a closed terminal's hang-up (also sent to the whole group) does not kill the cluster under the driver. ``ray.init`` however replaces the driver's SIGTERM handler with
   ``sys.exit``: :func:`ray_cluster` puts the previous handler back, and turns a SIGTERM that arrives while
   ``ray.init`` runs into a stop request instead of an exit from inside Ray.
 - Start-up. Ray is started here, before Flower's simulation (Flower then uses the running cluster). ``ray.init``
@@ -241,6 +242,9 @@ def _init_ray(init_args: Mapping[str, Any], stop: StopRequest | None) -> None:
         stop.set(signal.Signals(signum).name)
         raise _StartAborted
 
+    # Ray's processes inherit the signal mask of the thread that starts them: with SIGHUP blocked, like SIGINT
+    # by Ray itself, a closed terminal's hang-up (sent to the whole process group) reaches only the driver.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}) if hasattr(signal, "SIGHUP") else None
     try:
         if main and stop is not None:
             for s in HANDLED:
@@ -253,6 +257,8 @@ def _init_ray(init_args: Mapping[str, Any], stop: StopRequest | None) -> None:
             raise
         stop.set("SIGTERM")
     finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             if handler is not None:
                 signal.signal(s, handler)
