@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from fedsim.engine.server import Engine, Recorder, RunSummary
 from fedsim.scenario import Scenario
 from fedsim.scenario.backend import BackendChoice, choose_backend
-from fedsim.stopping import RunStopped, StopRequest
+from fedsim.stopping import HANDLED, RunStopped, StopRequest
 
 
 def inprocess_workers(scenario: Scenario) -> int:
@@ -83,19 +86,113 @@ def backend_config(scenario: Scenario, workers: int, *, gpus: int | None = None)
     }
 
 
+class _AfterStop(logging.Filter):
+    """Drops Flower's records once a stop was requested: what its threads log then (tasks in flight failed
+    on purpose, their Ray workers killed, when the run stopped) is the teardown the user asked for."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.stop
+
+
 @contextmanager
-def quiet_flower() -> Iterator[None]:
-    """Silence Flower's INFO chatter (and its run_simulation deprecation notice) for the run's duration."""
+def quiet_flower(stop: StopRequest | None = None) -> Iterator[None]:
+    """Silence Flower's INFO chatter (and its run_simulation deprecation notice) for the run's duration, and
+    everything it logs after ``stop`` was requested.
+
+    The stop filter stays on the ``flwr`` logger when the run ends stopped: Flower's worker threads may still
+    log their torn-down tasks while the process exits."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     logger = logging.getLogger("flwr")
     previous = logger.level
     logger.setLevel(logging.ERROR)
+    after_stop = _AfterStop(stop) if stop is not None else None
+    if after_stop is not None:
+        logger.addFilter(after_stop)
     try:
         yield
     finally:
         logger.setLevel(previous)
+        if after_stop is not None and not stop:
+            logger.removeFilter(after_stop)
+
+
+def stopped_before_start(stop: StopRequest | None) -> None:
+    """Raise :class:`RunStopped` (step 0, no checkpoint) when a stop was requested before the run began."""
+    if stop:
+        raise RunStopped(stop.signal_name or "SIGINT", step=0, checkpoint=None)
+
+
+class SimulationGone(RuntimeError):
+    """Raised to the ServerApp thread when Flower's simulation ended under it (interrupted, or failed)."""
+
+
+class _GridUntilGone:
+    """Flower's Grid for the ServerApp thread, refusing every call once the simulation has ended.
+
+    Why: the ServerApp runs in a (non-daemon) thread of Flower's; when the main thread leaves the simulation
+    early (a second Ctrl-C, a crash of the Ray runtime), nothing answers that thread's pulls any more, and it
+    would wait for replies and keep the process alive. Its next Grid call raises :class:`SimulationGone`
+    instead, which ends the thread."""
+
+    def __init__(self, grid: Any, gone: threading.Event) -> None:
+        self._grid, self._gone = grid, gone
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._grid, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._gone.is_set():
+                raise SimulationGone("Flower's simulation has ended; the ServerApp stops")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@contextmanager
+def insisting_ends_simulation(
+    stop: StopRequest | None, teardown: StopRequest, gone: threading.Event, end_tasks: Callable[[], Any]
+) -> Iterator[None]:
+    """While Flower's simulation runs in this (main) thread: the first SIGINT/SIGTERM/SIGHUP sets ``stop`` (the
+    driver stops at its next safe point); the next one (the first, without ``stop``) sets ``teardown`` and
+    ``gone`` and calls ``end_tasks`` (the Ray workers are killed, so tasks in flight fail at once), so the
+    ServerApp thread's next Grid call raises and Flower ends the simulation; one more raises
+    ``KeyboardInterrupt``.
+
+    Why not ``KeyboardInterrupt`` at the second signal, as elsewhere: raised in Flower's main loop, it makes Flower
+    shut Ray down under tasks in flight, and the threads waiting for those tasks in ``ray.get`` then log
+    ActorDiedError or never return (the process hangs at exit). Ended through the Grid, Flower's threads see
+    their tasks fail while Ray is still up, then Flower shuts Ray down; the caller raises ``KeyboardInterrupt``
+    after that."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop is not None and not stop:
+            stop.set(name)
+        elif not gone.is_set():
+            teardown.set(name)
+            gone.set()
+            end_tasks()
+        else:
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in HANDLED}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            if h is not None:
+                signal.signal(s, h)
 
 
 def simulate(
@@ -133,7 +230,13 @@ def simulate_inprocess(
 
     workers = inprocess_workers(scenario)
     engine = Engine(
-        scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy, stop=stop, resume=resume
+        scenario,
+        recorder,
+        expected_workers=workers,
+        on_round=on_round,
+        privacy=privacy,
+        stop=stop,
+        resume=resume,
     )
     return run_on_inprocess_grid(
         engine.run, workers=workers, reply_deadline_s=scenario.engine.round_timeout_s
@@ -149,11 +252,19 @@ def simulate_ray(
     stop: StopRequest | None = None,
     resume: Mapping[str, Any] | None = None,
 ) -> RunSummary:
-    """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary."""
+    """Run ``scenario`` end to end in Flower's Ray simulation and return the engine's summary.
+
+    Ray is started (or connected to) by :func:`fedsim.engine.ray_guard.ray_cluster`, which keeps ``stop``'s
+    signal handling, shuts the cluster down however the run ends, and reaps it if this process is killed. A
+    stop requested while Ray starts ends ``ray.init`` and raises :class:`RunStopped` (step 0, no checkpoint)
+    before any worker is created; during the simulation see :func:`insisting_ends_simulation`. When the
+    ServerApp ends with an exception (``RunStopped`` included), the tasks still in flight are failed at once
+    rather than waited for."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
+    from fedsim.engine.ray_guard import ray_cluster
     from fedsim.engine.worker import client_app
 
     workers = resolve_workers(scenario)
@@ -163,27 +274,58 @@ def simulate_ray(
         )
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
+    gone = threading.Event()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        engine = Engine(
-            scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy, stop=stop,
-            resume=resume,
-        )  # fmt: skip
+        # An exception (RunStopped included) is kept and raised in the main thread once Flower has shut Ray
+        # down: raised here, Flower would re-raise it too, but only after waiting 3 s for this thread's context.
         try:
-            outcome["summary"] = engine.run(grid)
-        except RunStopped as exc:  # Flower would log it as a ServerApp failure: re-raised below instead
-            outcome["stopped"] = exc
+            engine = Engine(
+                scenario, recorder, expected_workers=workers, on_round=on_round, privacy=privacy, stop=stop,
+                resume=resume,
+            )  # fmt: skip
+            outcome["summary"] = engine.run(_GridUntilGone(grid, gone))
+        except Exception as exc:
+            outcome["error"] = exc
+            if teardown:  # stopped (checkpoint written) or ended: tasks still in flight are not waited for
+                end_tasks()
 
-    with quiet_flower():
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=workers,
-            backend_config=backend_config(scenario, workers),  # type: ignore[arg-type]
-        )
-    if "stopped" in outcome:
-        raise outcome["stopped"]
+    ended = threading.Event()  # Flower's simulation has returned
+
+    def end_tasks() -> None:
+        """Fail the tasks in flight now, and keep failing them until Flower's simulation has returned (Ray
+        creates an actor again whose worker died before the actor was up)."""
+
+        def again() -> None:
+            while not ended.wait(0.25):
+                outcome["cluster"].end_tasks()
+
+        outcome["cluster"].end_tasks()
+        threading.Thread(target=again, name="fedsim-end-tasks", daemon=True).start()
+
+    config = backend_config(scenario, workers)
+    teardown = stop if stop is not None else StopRequest()  # set when the run is torn down early
+    with quiet_flower(teardown):
+        stopped_before_start(stop)
+        with ray_cluster(config["init_args"], stop) as outcome["cluster"]:
+            stopped_before_start(stop)
+            try:
+                with insisting_ends_simulation(stop, teardown, gone, end_tasks):
+                    run_simulation(
+                        server_app=server_app,
+                        client_app=client_app,
+                        num_supernodes=workers,
+                        backend_config=config,  # type: ignore[arg-type]
+                    )
+            finally:
+                gone.set()
+                ended.set()
+    error = outcome.get("error")
+    if isinstance(error, SimulationGone) or (error is None and "summary" not in outcome and teardown):
+        raise KeyboardInterrupt  # the user insisted: the simulation was ended without a checkpoint
+    if error is not None:
+        raise error
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended without running the scenario (see the log above)")
     return outcome["summary"]
