@@ -1,5 +1,6 @@
-"""Signals and a Ray run, end to end: Ctrl-C while Ray starts ends ``fedsim run`` in seconds with one line, and
-``kill -9`` of ``fedsim run`` mid-run leaves no process of its Ray cluster behind.
+"""Signals and a Ray run, end to end: Ctrl-C while Ray starts ends ``fedsim run`` in seconds with one line;
+Ctrl-C mid-run stops at a checkpoint and ``kill -9`` of ``fedsim run`` mid-run leaves no process of its Ray
+cluster behind; the run resumed from its checkpoints ends as an uninterrupted run does.
 
 The run's processes are found here without fedsim's own bookkeeping: the driver's process tree just before the
 signal (gcs_server, raylet, agents, workers), plus any process whose environment names the driver's pid in
@@ -85,17 +86,21 @@ def tagged(driver: int) -> set[tuple[int, int]]:
     return out
 
 
-def start_run(tmp_path: Path, rounds: int) -> tuple[subprocess.Popen[str], Path]:
-    """``fedsim run`` of the small e2e scenario on Ray, as a terminal's foreground job (its own process group);
-    stderr goes to a file the test reads while it runs."""
-    sc = yaml.safe_load((ROOT / "tests" / "e2e" / "small.yaml").read_text())
-    sc["rounds"] = rounds
-    sc["engine"] = {**sc["engine"], "backend": "ray"}
+def start_run(tmp_path: Path, rounds: int, *args: str, tag: str = "") -> tuple[subprocess.Popen[str], Path]:
+    """``fedsim run`` of the small e2e scenario on Ray (checkpoints after every round), as a terminal's
+    foreground job (its own process group); stderr goes to a file the test reads while it runs. ``args``: the
+    command's arguments instead of the scenario's (``--resume DIR``)."""
     path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(sc))
-    err = tmp_path / "stderr.txt"
+    path.write_text(yaml.safe_dump(ray_scenario(rounds)))
+    err = tmp_path / f"stderr{tag}.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsim.cli", "run", str(path), "--output", str(tmp_path / "runs")],
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "run",
+            *(args or (str(path), "--output", str(tmp_path / "runs"))),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=err.open("w"),
@@ -103,6 +108,19 @@ def start_run(tmp_path: Path, rounds: int) -> tuple[subprocess.Popen[str], Path]
         start_new_session=True,
     )
     return proc, err
+
+
+def ray_scenario(rounds: int) -> dict:
+    sc = yaml.safe_load((ROOT / "tests" / "e2e" / "small.yaml").read_text())
+    sc["rounds"] = rounds
+    sc["engine"] = {**sc["engine"], "backend": "ray"}
+    sc["output"] = {"checkpoint_every": 1}
+    return sc
+
+
+def rows_in(tmp_path: Path) -> int:
+    found = list((tmp_path / "runs").glob("*/*/metrics.jsonl"))
+    return len(found[0].read_text().splitlines()) if found else 0
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen[str], err: Path):
@@ -160,9 +178,36 @@ def test_ctrl_c_while_ray_starts_ends_the_run_in_seconds_with_one_line_and_nothi
     assert took < 10, f"{took:.1f} s from Ctrl-C to exit"
 
 
-def test_kill_9_mid_run_leaves_no_process_of_its_ray_cluster(tmp_path):
-    proc, err = start_run(tmp_path, rounds=500)
-    wait_for(lambda: "round " in err.read_text(), 180, "first round", proc, err)
+def test_ctrl_c_and_kill_9_mid_run_leave_nothing_and_the_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Ctrl-C mid-run: one line with the resume command, a checkpoint, no process left. The resumed run killed
+    with ``kill -9``: no process of its cluster outlives it by more than a few seconds. Resumed again, the run
+    ends with the rows and model of an uninterrupted run (the in-process backend with the same workers, which
+    gives what Ray gives: tests/e2e/test_backends_e2e.py)."""
+    import torch
+
+    from fedsim.engine.simulation import simulate
+    from fedsim.results import read_metrics
+    from fedsim.scenario import parse_scenario
+
+    rounds = 40
+    proc, err = start_run(tmp_path, rounds)
+    wait_for(lambda: rows_in(tmp_path) >= 2, 180, "two rounds", proc, err)
+    before = ray_processes(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as the terminal sends it
+    rc = proc.wait(timeout=30)
+    assert_all_gone(proc.pid, before)
+    text = err.read_text()
+    run_dir = next((tmp_path / "runs").glob("*/*"))
+    assert rc == 130, text[-2000:]
+    assert (
+        text.splitlines()[-1].endswith(f"Resume with: fedsim run --resume {run_dir}")
+        and "Traceback" not in text
+    )
+    stopped_at = rows_in(tmp_path)
+    assert 2 <= stopped_at < rounds and (run_dir / "checkpoints" / f"round-{stopped_at}.pt").is_file()
+
+    proc, err = start_run(tmp_path, rounds, "--resume", str(run_dir), tag="-resumed")
+    wait_for(lambda: rows_in(tmp_path) >= stopped_at + 2, 180, "two more rounds", proc, err)
     before = ray_processes(proc.pid)
     cmds = " ".join(before.values())
     assert "raylet" in cmds and "gcs_server" in cmds and "ray::" in cmds, cmds  # a Ray run, with workers
@@ -170,3 +215,53 @@ def test_kill_9_mid_run_leaves_no_process_of_its_ray_cluster(tmp_path):
     proc.kill()
     proc.wait()
     assert_all_gone(proc.pid, before)
+    assert rows_in(tmp_path) < rounds, "the run ended before kill -9: the test proves nothing"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", "--resume", str(run_dir), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    class Keep:
+        def __init__(self):
+            self.rows = []
+
+        def write_round(self, row):
+            self.rows.append(dict(row))
+
+        def save_checkpoint(self, **kw):
+            if kw["final"]:
+                self.params = kw["params"]
+
+    oracle = Keep()
+    sc = ray_scenario(rounds)
+    simulate(parse_scenario({**sc, "engine": {**sc["engine"], "backend": "inprocess"}}), oracle)
+
+    def wall(r):
+        return {
+            k: v
+            for k, v in r.items()
+            if k not in ("wall_time_s", "round_wall_s") and not k.startswith("time_")
+        }
+
+    ours = read_metrics(run_dir / "metrics.jsonl")
+    assert [wall(r) for r in ours] == [wall(r) for r in json_rows(oracle.rows)]
+    model = torch.load(run_dir / "model.pt")
+    assert model.keys() == oracle.params.keys()
+    assert all(torch.equal(model[k], oracle.params[k]) for k in model)
+
+
+def json_rows(rows):
+    """Rows as ``metrics.jsonl`` holds them (JSON round trip: tuples become lists, inf becomes null)."""
+    import json
+    import math
+
+    return [
+        json.loads(
+            json.dumps(
+                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            )
+        )
+        for r in rows
+    ]
