@@ -14,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsim.engine.preflight import check_before_run
 from fedsim.engine.rounds import RunSummary
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, EngineError
 from fedsim.report import write_report
-from fedsim.results import RunDir, new_run_dir
+from fedsim.results import RunDir, checkpoint_files, new_run_dir
 from fedsim.resume import ResumePoint
 from fedsim.scenario import Scenario
 from fedsim.stopping import StopRequest, stop_on_signals
@@ -138,11 +138,15 @@ def run_scenario(
                     scenario, run_dir, on_round=display, privacy=privacy, backend=backend, stop=stop,
                     resume=resume.state if resume is not None else None,
                 )  # fmt: skip
-    except BaseException:
+    except BaseException as exc:
         run_dir.close()
         if run_dir.rows:
             wall = wall_before + time.monotonic() - t0
             write_report(path, scenario, run_dir.rows, wall_s=wall, privacy=privacy)
+        if isinstance(exc, EngineError) and checkpoint_files(path):  # a worker lost, a deadline missed
+            raise EngineError(
+                f"{exc}. The run can continue from its newest checkpoint: fedsim run --resume {path}"
+            ) from None
         raise
     run_dir.close()
     wall = wall_before + time.monotonic() - t0

@@ -35,7 +35,7 @@ from fedsim.engine.loop import RunContext, StepResult
 from fedsim.engine.messages import MESSAGE_TYPE_DIFF2, decode_diff2_reply, encode_diff2_request
 from fedsim.engine.placement import assign
 from fedsim.engine.setup import noise_generator
-from fedsim.engine.transport import iter_replies
+from fedsim.engine.transport import error_reason, iter_replies
 from fedsim.errors import ConfigError, EngineError
 from fedsim.scenario import Scenario
 from strategies.diff2 import DIFFERENCE, Diff2State, Diff2Strategy, finish_round, init, plan_round
@@ -132,7 +132,7 @@ class Diff2Loop:
             if reply.has_error():
                 raise EngineError(
                     f"worker {node} failed in round {rnd} of {sc.strategy.name}, which needs every client every "
-                    f"round: {reply.error.reason}"
+                    f"round: {error_reason(reply)}"
                 )
             replies[node] = decode_diff2_reply(reply.content)
         missing = sorted(n for n in self.by_node if n not in replies)

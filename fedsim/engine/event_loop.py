@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from fedsim.engine.loop import RunContext, StepResult
 from fedsim.engine.rounds import client_seed, evaluate
-from fedsim.engine.transport import UNAVAILABLE_CODES, RoundReplies
+from fedsim.engine.transport import UNAVAILABLE_CODES, RoundReplies, error_reason
 from fedsim.errors import EngineError
 from fedsim.protocol import ClientTask
 from fedsim.randomness import Stream, generator
@@ -376,7 +376,7 @@ class ArrivalLoop:
                 unavailable.append(cid)
                 continue
             if reply.has_error():
-                raise EngineError(f"client {cid} failed at step {n + 1}: {reply.error.reason}")
+                raise EngineError(f"client {cid} failed at step {n + 1}: {error_reason(reply)}")
             result = decode_train_reply(reply.content)
             if result.failed:
                 nonfinite.append(cid)

@@ -37,7 +37,7 @@ from fedsim.engine.messages import (
     encode_gossip_snapshot_request,
 )
 from fedsim.engine.placement import assign
-from fedsim.engine.transport import iter_replies
+from fedsim.engine.transport import error_reason, iter_replies
 from fedsim.errors import EngineError
 from fedsim.gossip.simulator import evaluate_nodes
 from fedsim.gossip.supersteps import Coordinator, ShardReport, WorkOrder, gather
@@ -110,7 +110,7 @@ class GossipLoop:
         for reply in iter_replies(run.grid, node_by_id, timeout_s=timeout, max_poll_s=run.engine.max_poll_s):
             worker = node_by_id[reply.metadata.reply_to_message_id]
             if reply.has_error():
-                raise EngineError(f"worker {worker} failed in {what}: {reply.error.reason}")
+                raise EngineError(f"worker {worker} failed in {what}: {error_reason(reply)}")
             got[worker] = reply
         if len(got) < len(self.workers):
             late = sorted(set(self.workers) - set(got))

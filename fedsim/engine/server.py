@@ -34,7 +34,7 @@ from fedsim.engine.messages import (
 from fedsim.engine.placement import NodeIdentity, assign, read_node_identity
 from fedsim.engine.rounds import Recorder, RunSummary, client_seed
 from fedsim.engine.setup import cohort_seed
-from fedsim.engine.transport import UNAVAILABLE_CODES, RoundReplies, iter_replies
+from fedsim.engine.transport import UNAVAILABLE_CODES, RoundReplies, error_reason, iter_replies
 from fedsim.errors import EngineError
 from fedsim.privacy.release import release_row
 from fedsim.protocol import ClientTask, WorkerResult
@@ -155,7 +155,7 @@ class Engine:
         for reply in replies:
             if reply.has_error():  # keyed by message: Flower's own error replies come from node 0
                 node = pending[reply.metadata.reply_to_message_id]
-                raise EngineError(f"worker {node} failed to prepare: {reply.error.reason}")
+                raise EngineError(f"worker {node} failed to prepare: {error_reason(reply)}")
         if len(replies) < len(pending):
             answered = {pending[r.metadata.reply_to_message_id] for r in replies}
             late = sorted(n for n in pending.values() if n not in answered)
@@ -202,7 +202,7 @@ class Engine:
             if reply.has_error() and reply.error.code in UNAVAILABLE_CODES:
                 unavailable.add(node)
             elif reply.has_error():
-                raise EngineError(f"worker {node} failed in round {rnd}: {reply.error.reason}")
+                raise EngineError(f"worker {node} failed in round {rnd}: {error_reason(reply)}")
             else:
                 answered.add(node)
                 got.append((node, decode_train_reply(reply.content)))

@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from fedsim.engine.server import Engine, Recorder, RunSummary
+from fedsim.engine.transport import WORKER_RESTARTS
 from fedsim.scenario import Scenario
 from fedsim.scenario.backend import BackendChoice, choose_backend
 from fedsim.stopping import HANDLED, RunStopped, StopRequest
@@ -81,6 +82,10 @@ def backend_config(scenario: Scenario, workers: int, *, gpus: int | None = None)
         "client_resources": {
             "num_cpus": max(1, cores // workers),
             "num_gpus": gpu_share(scenario, gpus=gpus),
+            # a worker process that dies (killed, out of memory) is restarted and its message run again there:
+            # the message carries everything the step needs (its Context included), so the result is the same
+            "max_restarts": WORKER_RESTARTS,
+            "max_task_retries": WORKER_RESTARTS,
         },
         "init_args": init_args,
     }

@@ -56,6 +56,22 @@ def stop_if_asked(stop: StopRequest | None) -> None:
         raise RunStopped(stop.signal_name or "SIGINT", step=0, checkpoint=None)
 
 
+def error_reason(reply: Message) -> str:
+    """An error reply's reason on one line: Flower wraps the worker's exception as ``<class 'E'>:<'message'>``,
+    whose message may span lines (Ray's ActorDiedError explains itself in a paragraph); its first line names
+    what happened, and a worker process that died is said so plainly."""
+    reason = str(reply.error.reason)
+    if "ActorDiedError" in reason or "RayActorError" in reason:
+        return f"its worker process died {WORKER_RESTARTS + 1} times running it (killed, or out of memory?)"
+    first = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+WORKER_RESTARTS = 3
+"""How many times Ray restarts a dead worker process and runs its message again (``fedsim.engine.simulation``)
+before the error reaches the engine and the run stops (resumable from its newest checkpoint)."""
+
+
 # Replies Flower's runtime makes itself when the destination cannot answer: the node went away (or the message
 # expired). The client is counted as dropped and the run goes on; every other error stops the run.
 UNAVAILABLE_CODES = frozenset(

@@ -178,9 +178,10 @@ def test_ctrl_c_while_ray_starts_ends_the_run_in_seconds_with_one_line_and_nothi
     assert took < 10, f"{took:.1f} s from Ctrl-C to exit"
 
 
-def test_ctrl_c_and_kill_9_mid_run_leave_nothing_and_the_run_resumes_to_the_uninterrupted_result(tmp_path):
-    """Ctrl-C mid-run: one line with the resume command, a checkpoint, no process left. The resumed run killed
-    with ``kill -9``: no process of its cluster outlives it by more than a few seconds. Resumed again, the run
+def test_ctrl_c_a_dead_worker_and_kill_9_mid_run_leave_nothing_and_the_run_ends_as_an_uninterrupted_one(tmp_path):
+    """Ctrl-C mid-run: one line with the resume command, a checkpoint, no process left. In the resumed run a
+    worker process is killed (Ray restarts it and runs its message again), then the run itself with ``kill -9``:
+    no process of its cluster outlives it by more than a few seconds. Resumed again, the run
     ends with the rows and model of an uninterrupted run (the in-process backend with the same workers, which
     gives what Ray gives: tests/e2e/test_backends_e2e.py)."""
     import torch
@@ -189,7 +190,7 @@ def test_ctrl_c_and_kill_9_mid_run_leave_nothing_and_the_run_resumes_to_the_unin
     from fedsim.results import read_metrics
     from fedsim.scenario import parse_scenario
 
-    rounds = 40
+    rounds = 60
     proc, err = start_run(tmp_path, rounds)
     wait_for(lambda: rows_in(tmp_path) >= 2, 180, "two rounds", proc, err)
     before = ray_processes(proc.pid)
@@ -208,6 +209,12 @@ def test_ctrl_c_and_kill_9_mid_run_leave_nothing_and_the_run_resumes_to_the_unin
 
     proc, err = start_run(tmp_path, rounds, "--resume", str(run_dir), tag="-resumed")
     wait_for(lambda: rows_in(tmp_path) >= stopped_at + 2, 180, "two more rounds", proc, err)
+    actors = [pid for (pid, _), cmd in ray_processes(proc.pid).items() if cmd.startswith("ray::ClientAppActor")]
+    assert actors, ray_processes(proc.pid)
+    os.kill(actors[0], signal.SIGKILL)  # a worker process dies mid-run: Ray restarts it and runs its message again
+    killed_at = rows_in(tmp_path)
+    wait_for(lambda: rows_in(tmp_path) >= killed_at + 3, 180, "rounds after a worker died", proc, err)
+    assert "Traceback" not in err.read_text() and "fedsim: error" not in err.read_text()
     before = ray_processes(proc.pid)
     cmds = " ".join(before.values())
     assert "raylet" in cmds and "gcs_server" in cmds and "ray::" in cmds, cmds  # a Ray run, with workers

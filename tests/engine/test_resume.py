@@ -247,3 +247,30 @@ def test_metrics_hold_exactly_the_checkpoint_rows_when_a_run_resumes(tmp_path):
     RunDir(path, point.scenario, rows=point.rows).close()
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
+
+
+def test_a_failing_worker_stops_the_run_in_one_line_that_says_how_to_resume(tmp_path, monkeypatch):
+    """A worker that raises in round 3 (after the checkpoints of rounds 1 and 2) stops the run; the error names
+    the round and the resume command, and the resumed run ends as an uninterrupted one."""
+    import fedsim.engine.worker as worker
+    from fedsim.errors import EngineError
+    from fedsim.run import run_scenario
+
+    sc = scenario("fedavg")
+    oracle = start(sc, tmp_path / "oracle")
+    real = worker.handle_train
+
+    def flaky(request):
+        if request.round == 3:
+            raise MemoryError("worker out of memory\nsecond line of a long explanation")
+        return real(request)
+
+    monkeypatch.setattr(worker, "handle_train", flaky)
+    with pytest.raises(EngineError) as failed:
+        run_scenario(sc, output_root=tmp_path / "ours", show_progress=False)
+    run_dir = next((tmp_path / "ours").glob("*/*"))
+    message = str(failed.value)
+    assert "\n" not in message and "round 3" in message and "out of memory" in message
+    assert message.endswith(f"The run can continue from its newest checkpoint: fedsim run --resume {run_dir}")
+    monkeypatch.setattr(worker, "handle_train", real)
+    assert_same_run(resume(run_dir), oracle)
