@@ -44,7 +44,7 @@ class Driver:
         self.wall_before = 0.0  # wall seconds of the run before the checkpoint it resumed from
         self.last_checkpoint_at = time.monotonic()
 
-    def prepare(self, strategy: Any) -> RunContext:
+    def prepare(self) -> RunContext:
         """Workers registered and prepared, central data and model built, clients placed, the DP plan resolved."""
         engine, sc = self.engine, self.engine.scenario
         nodes = wait_for_workers(
@@ -82,7 +82,7 @@ class Driver:
         strategy = build_strategy(sc.strategy, sc.population.clients)
         family = family_of(strategy)
         check_privacy(sc, family)  # before any worker is waited for or prepared
-        run = self.prepare(strategy)
+        run = self.prepare()
         loop = loop_factory(family)(run, strategy)
         resume = engine.resume
         if resume is not None:
@@ -116,8 +116,7 @@ class Driver:
 
     def finish_row(self, loop: Loop, result: StepResult, *, start: float, t0: float) -> dict[str, Any]:
         """The family's row with the evaluation (when due) and the step's timings added by the driver."""
-        row = dict(result.row)
-        row["round"] = result.index
+        row = {"round": result.index, **{k: v for k, v in result.row.items() if k != "round"}}
         t_eval = time.monotonic()
         if result.evaluate:
             row |= loop.evaluate()
