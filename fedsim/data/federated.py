@@ -24,6 +24,7 @@ from fedsim.data.base import (
     DataRequest,
     DatasetLoader,
 )
+from fedsim.data.lazy import LazyFederatedData
 from fedsim.data.partitioners import PARTITIONERS, partition_arrays, resolve_partitioner_args
 from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError, UnknownNameError
@@ -151,6 +152,12 @@ def resolve_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict[str,
     return dataset_spec(name).resolve(args, field="data.args", owner=owner)
 
 
+def draws_per_client(dataset: str, args: Mapping[str, Any] | None) -> bool:
+    """Whether ``dataset`` with ``args`` is client-drawn (``data.args.draw: client``): its clients' examples are
+    made on demand (``LazyFederatedData``), never pooled or cached on disk. Pure: loads nothing."""
+    return resolve_dataset_args(dataset, args).get("draw") == "client"
+
+
 def data_request(
     *,
     dataset: str,
@@ -192,10 +199,12 @@ def load_federated_data(
     test_fraction: float,
     num_clients: int,
     seed: int,
-) -> FederatedData:
+) -> FederatedData | LazyFederatedData:
     """Load (or generate) ``dataset``, hold out the central test set and partition the rest over the clients.
 
-    Deterministic: the same arguments give bit-identical tensors and partitions in any process.
+    Deterministic: the same arguments give bit-identical tensors and partitions in any process. A client-drawn
+    dataset (``data.args.draw: client``) gives a ``LazyFederatedData``: the test set and the clients' sizes, each
+    client's examples drawn when asked for.
 
     Args:
         dataset: ``data.dataset`` (``digits``, ``synthetic``, ``mnist1d``, ``blobs``, ``hf:<name>``,
@@ -231,6 +240,8 @@ def load_federated_data(
             "(the others split by class label)",
             partitioner,
         )
+    if split.source is not None:
+        return _client_drawn(split, dataset, partitioner, regression)
     partitions = split.partitions
     if partitions is None:
         partitions = partition_arrays(
@@ -251,6 +262,29 @@ def load_federated_data(
         test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
         test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
         partitions=partitions,
+        num_classes=int(split.num_classes),
+        input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
+        task=split.task,
+    )
+
+
+def _client_drawn(split: Any, dataset: str, partitioner: str, regression: bool) -> LazyFederatedData:
+    """The ``LazyFederatedData`` of a client-drawn split, refusing a partitioner that does not describe it."""
+    source = split.source
+    if partitioner not in source.partitioners:
+        raise ConfigError(
+            "data.partitioner",
+            f"{' or '.join(source.partitioners)} for {dataset} with draw: client (each client's examples are its "
+            "own draw)",
+            partitioner,
+        )
+    import torch
+
+    y_dtype = np.float32 if regression else np.int64
+    return LazyFederatedData(
+        test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
+        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
+        source=source,
         num_classes=int(split.num_classes),
         input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
         task=split.task,
