@@ -32,7 +32,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def scenario(dataset: str, clients: int, draw: str, backend: str) -> dict[str, Any]:
     """The benchmark's scenario at one population size and draw mode."""
     if dataset == "blobs":
@@ -111,7 +110,9 @@ print(json.dumps({
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", choices=("blobs", "synthetic"), default="blobs")
     parser.add_argument("--clients", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess")

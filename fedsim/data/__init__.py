@@ -11,12 +11,12 @@ validating a scenario (``fedsim privacy``, ``fedsim validate``) does not pay tor
 
 from fedsim.data.federated import (
     FederatedData,
+    LazyFederatedData,
     dataset_names,
     draws_per_client,
     load_federated_data,
     partitioner_names,
 )
-from fedsim.data.lazy import LazyFederatedData
 from fedsim.data.partitions import Partitions
 
 # Importing the modules registers their datasets.
