@@ -110,8 +110,8 @@ def synthetic(request: DataRequest) -> SplitData:
 
     ``draw: client``: the example counts are the same draws as under ``population`` (so are the clients' sizes),
     and with ``iid`` so are the shared W, b; user k's u_k, B_k, W_k, b_k, v_k and examples come from its own
-    stream, keyed by the seed and k (``Stream.DATA_CLIENT``), drawn when a round asks for them: the same
-    distribution, other numbers. The central test set is the held-out examples of the first ``TEST_USERS``
+    stream, keyed by the seed and k (``Stream.DATA_CLIENT``; its training and held-out examples from two streams
+    spawned from it), drawn when a round asks for them: the same distribution, other numbers. The central test set is the held-out examples of the first ``TEST_USERS``
     (1000) users (a sample of the same mixture, since users are i.i.d.). It needs ``partitioner: natural``.
 
     References:
@@ -222,19 +222,22 @@ def _user_examples(
     held_out: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """User ``k``'s training examples (or, ``held_out``, its held-out ones) under ``draw: client``: its model and
-    feature mean, then all ``counts[k]`` examples, from the user's own stream; float32 x, int64 y."""
+    feature mean from the user's own stream, its ``sizes[k]`` training and ``counts[k] − sizes[k]`` held-out
+    examples from two streams spawned from it; float32 x, int64 y."""
     rng = generator(seed, Stream.DATA_CLIENT, k)
     if shared is None:
         u, big_b = rng.normal(0.0, alpha), rng.normal(0.0, beta)
-        w, b = rng.normal(u, 1.0, (dim, classes)), rng.normal(u, 1.0, classes)
-        mean = rng.normal(big_b, 1.0, dim)
+        w, b = u + rng.standard_normal((dim, classes)), u + rng.standard_normal(classes)
+        mean = big_b + rng.standard_normal(dim)
     else:
         (w, b), mean = shared, np.zeros(dim)
+    # Training and held-out examples from two streams spawned from the user's: either is drawn without the other.
+    train_rng, held_rng = rng.spawn(2)
+    n = int(counts[k]) - int(sizes[k]) if held_out else int(sizes[k])
     sigma_sqrt = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)
-    x = mean + rng.standard_normal((int(counts[k]), dim)) * sigma_sqrt
+    x = mean + (held_rng if held_out else train_rng).standard_normal((n, dim)) * sigma_sqrt
     y = np.argmax(x @ w + b, axis=1).astype(np.int64)
-    part = slice(int(sizes[k]), None) if held_out else slice(0, int(sizes[k]))
-    return np.ascontiguousarray(x[part], dtype=np.float32), np.ascontiguousarray(y[part])
+    return x.astype(np.float32), y
 
 
 @TRAIN_LABELS.register("synthetic")

@@ -8,6 +8,7 @@ materialised size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -195,3 +196,32 @@ def test_a_million_clients_build_in_seconds_within_a_small_address_space():
     print(f"\n10^6 client-drawn blobs clients: built with a cohort of 100 in {measured['wall']:.2f} s")
     assert measured["rows"] == 400 and measured["n"] == 4 * 10**6
     assert measured["wall"] < 10  # ~0.2 s on a 2-core machine
+
+
+_DIGEST = """
+import hashlib, json, sys
+from fedsim.data import load_federated_data
+cases = json.loads(sys.argv[1])
+out = []
+for dataset, args, partitioner in cases:
+    data = load_federated_data(dataset=dataset, args=args, partitioner=partitioner, partitioner_args={},
+                               test_fraction=0.2, num_clients=10, seed=0)
+    x, y = data.client_data(7)
+    out.append(hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
+print(json.dumps(out))
+"""
+
+
+def test_a_client_is_the_same_in_another_process():
+    """Oracle: this process's draw of client 7 (a worker process draws it alone, with nothing else drawn)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DIGEST, json.dumps(CASES)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    for (dataset, args, partitioner), digest in zip(CASES, theirs, strict=True):
+        x, y = _load(dataset, args, partitioner).client_data(7)
+        assert hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest() == digest, dataset
