@@ -51,6 +51,7 @@ class Stream(enum.IntEnum):
     FAULT_NONFINITE = 16
     STRAGGLER = 17
     GOSSIP_NONFINITE = 18
+    DATA_CLIENT = 19
 
 
 COORDINATES: dict[Stream, tuple[str, ...]] = {
@@ -66,6 +67,7 @@ COORDINATES: dict[Stream, tuple[str, ...]] = {
     Stream.TOPOLOGY: (),
     Stream.FAULT_NONFINITE: ("round", "cid"),  # faults.nonfinite: whether a client's update comes back NaN
     Stream.STRAGGLER: (),  # faults.stragglers: who is a straggler, drawn once per run
+    Stream.DATA_CLIENT: ("cid",),  # a client-drawn dataset's examples of one client (data.args.draw: client)
     **{s: ("node", "event", "lane") for s in Stream if s.name.startswith("GOSSIP_")},
 }
 """The coordinates each stream is keyed by, in order (a key must give exactly these)."""

@@ -9,10 +9,25 @@ validating a scenario (``fedsim privacy``, ``fedsim validate``) does not pay tor
 (``tests/privacy/test_light_imports.py``).
 """
 
-from fedsim.data.federated import FederatedData, dataset_names, load_federated_data, partitioner_names
+from fedsim.data.federated import (
+    FederatedData,
+    LazyFederatedData,
+    dataset_names,
+    draws_per_client,
+    load_federated_data,
+    partitioner_names,
+)
 from fedsim.data.partitions import Partitions
 
 # Importing the modules registers their datasets.
 from fedsim.data import blobs, digits, huggingface, mnist1d, regression, synthetic  # noqa: E402,F401  isort: skip
 
-__all__ = ["FederatedData", "Partitions", "dataset_names", "load_federated_data", "partitioner_names"]
+__all__ = [
+    "FederatedData",
+    "LazyFederatedData",
+    "Partitions",
+    "dataset_names",
+    "draws_per_client",
+    "load_federated_data",
+    "partitioner_names",
+]

@@ -73,6 +73,9 @@ class SplitData:
         partitions: every client's rows of ``train_x``, when the loader partitioned itself.
         task: ``classification`` (int64 labels) or ``regression`` (float32 targets in ``train_y``/``test_y``,
             ``num_classes`` = 1 output).
+        source: set by a client-drawn dataset (``data.args.draw: client``): every client's examples on demand.
+            ``train_x``/``train_y`` are then empty (``[0, *input_shape]``) and ``partitions``/``train_users``
+            unset; ``load_federated_data`` returns a ``LazyFederatedData`` (``fedsim.data.lazy``).
     """
 
     train_x: np.ndarray
@@ -83,6 +86,31 @@ class SplitData:
     train_users: np.ndarray | None = None
     partitions: Partitions | None = None
     task: str = "classification"
+    source: ClientSource | None = None
+
+
+@dataclass(frozen=True)
+class ClientSource:
+    """A client-drawn dataset's training data: each client's examples made on demand, never the population's.
+
+    Attributes:
+        sizes: every client's number of training examples (int64 ``[clients]``), known without drawing any.
+        draw: ``draw(cid)`` gives client ``cid``'s examples ``(x float32 [n, *shape], y [n])``, the same in any
+            process (keyed by the run seed and ``cid``: ``fedsim.randomness.Stream.DATA_CLIENT``). A picklable
+            callable (a ``functools.partial`` of a module function).
+        partitioners: the ``data.partitioner`` values that describe this layout (a client's examples are its
+            own draw, so only the partitioner that would give the same clients fits: ``iid`` for ``blobs``,
+            ``natural`` for ``synthetic``).
+    """
+
+    sizes: np.ndarray
+    draw: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    partitioners: tuple[str, ...]
+
+
+DRAWS = ("population", "client")
+"""``data.args.draw`` of the generated datasets that have both modes: ``population`` (the whole population from
+one stream, materialised) or ``client`` (each client's examples from its own stream, made on demand)."""
 
 
 TASKS = ("classification", "regression")
@@ -101,11 +129,16 @@ class TrainLabels:
             cannot be had without drawing the features (label-based partitioners then build the data).
         users: natural user id per training example, exactly as the loader's ``train_users`` (``None`` when the
             dataset has none).
+        client_sizes: every client's number of examples, set by a client-drawn dataset (``ClientSource.sizes``),
+            valid for the ``partitioners`` listed (``count``, ``labels`` and ``users`` are then unused).
+        partitioners: the partitioners ``client_sizes`` holds for (``ClientSource.partitioners``).
     """
 
     count: int
     labels: np.ndarray | None
     users: np.ndarray | None
+    client_sizes: np.ndarray | None = None
+    partitioners: tuple[str, ...] = ()
 
 
 TrainLabelsFn = Callable[[DataRequest], TrainLabels]

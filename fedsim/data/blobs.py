@@ -7,13 +7,26 @@ number, ``noise``, and is known in closed form, which makes the data a yardstick
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedsim.argspec import ArgSpec, declares, integers, num
-from fedsim.data.base import DATASETS, GENERATE, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
+import numpy as np
+
+from fedsim.argspec import ArgSpec, choice, declares, integers, num
+from fedsim.data.base import (
+    DATASETS,
+    DRAWS,
+    GENERATE,
+    TRAIN_LABELS,
+    ClientSource,
+    DataRequest,
+    SplitData,
+    TrainLabels,
+)
 from fedsim.errors import ConfigError
+from fedsim.randomness import Stream, generator
 
 if TYPE_CHECKING:  # imported where the examples are drawn: validating a scenario needs none (fedsim.data)
     import torch
@@ -33,6 +46,7 @@ _CHUNK_VALUES = 2**22
             num("samples_per_client", 32, integer=True, low=1),
             num("test_samples", 1000, integer=True, low=1),
             num("noise", 1.0, low=0, low_open=True),
+            choice("draw", "population", DRAWS),
         )
     ),
     task="classification",
@@ -47,13 +61,35 @@ def blobs(request: DataRequest) -> SplitData:
     classification is nearly perfect; raise ``noise`` (or lower D) to make the task harder.
 
     ``data.args``: ``shape`` ([784]), ``classes`` (10), ``samples_per_client`` (32), ``test_samples`` (1000),
-    ``noise`` (1.0).
+    ``noise`` (1.0), ``draw`` (``population``). With ``draw: client`` the centers and the test set are the same
+    draws, but client c's ``samples_per_client`` examples (labels, then noise) come from its own stream, keyed by
+    the seed and c (``Stream.DATA_CLIENT``), made when a round asks for them: the same mixture, other numbers
+    than ``population``'s, and no cost per client until drawn. It needs ``partitioner: iid``.
 
     References:
         Pedregosa, F. et al., "Scikit-learn: Machine Learning in Python", JMLR 12, 2011 (``make_blobs``, the
         same isotropic Gaussian mixture).
     """
     settings = _settings(request)
+    if settings.draw == "client":
+        _, centers, (test_x, test_y) = _centers_and_test(request, settings)
+        sizes = np.full(request.num_clients, settings.per_client, dtype=np.int64)
+        draw = functools.partial(
+            _client_examples,
+            request.seed,
+            centers.numpy(),
+            settings.classes,
+            settings.per_client,
+            settings.noise,
+        )
+        return SplitData(
+            train_x=np.zeros((0, *settings.shape), dtype=np.float32),
+            train_y=np.zeros(0, dtype=np.int64),
+            test_x=test_x.numpy(),
+            test_y=test_y.numpy(),
+            num_classes=settings.classes,
+            source=ClientSource(sizes=sizes, draw=draw, partitioners=("iid",)),
+        )
     gen, centers, (test_x, test_y), train_y = _labels(request, settings)
     train_x = _features(train_y, centers, settings.noise, gen)
     return SplitData(
@@ -69,8 +105,26 @@ def blobs(request: DataRequest) -> SplitData:
 def blobs_train_labels(request: DataRequest) -> TrainLabels:
     """The training labels without the training features: the same draws as ``blobs`` up to ``train_y``
     (the centers and the test set, which come first, are drawn; the training examples are not)."""
-    *_, train_y = _labels(request, _settings(request))
+    settings = _settings(request)
+    if settings.draw == "client":
+        count = settings.per_client * request.num_clients
+        sizes = np.full(request.num_clients, settings.per_client, dtype=np.int64)
+        return TrainLabels(count=count, labels=None, users=None, client_sizes=sizes, partitioners=("iid",))
+    *_, train_y = _labels(request, settings)
     return TrainLabels(count=len(train_y), labels=train_y.numpy(), users=None)
+
+
+def _client_examples(
+    seed: int, centers: np.ndarray, classes: int, n: int, noise: float, cid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Client ``cid``'s examples under ``draw: client``: n labels uniform over the classes, then
+    ``center[y] + noise · N(0, I)`` in float32, from the client's own stream."""
+    rng = generator(seed, Stream.DATA_CLIENT, cid)
+    y = rng.integers(classes, size=n, dtype=np.int64)
+    x = rng.standard_normal((n, *centers.shape[1:]), dtype=np.float32)
+    x *= np.float32(noise)
+    x += centers[y]
+    return x, y
 
 
 @dataclass(frozen=True)
@@ -80,6 +134,7 @@ class _Settings:
     per_client: int
     test_samples: int
     noise: float
+    draw: str
 
 
 def _settings(request: DataRequest) -> _Settings:
@@ -88,7 +143,8 @@ def _settings(request: DataRequest) -> _Settings:
     shape = tuple(args["shape"])
     classes, per_client, test_samples = args["classes"], args["samples_per_client"], args["test_samples"]
     noise = float(args["noise"])
-    num_train = per_client * request.num_clients
+    # draw: client materialises one client at a time, never the population
+    num_train = per_client * (1 if args["draw"] == "client" else request.num_clients)
     values = (num_train + test_samples + classes) * math.prod(shape)
     if values > MAX_VALUES:
         raise ConfigError(
@@ -97,21 +153,29 @@ def _settings(request: DataRequest) -> _Settings:
             f"shape {list(shape)} asked for)",
             dict(request.args),
         )
-    return _Settings(tuple(shape), classes, per_client, test_samples, noise)
+    return _Settings(tuple(shape), classes, per_client, test_samples, noise, args["draw"])
 
 
 def _labels(
     request: DataRequest, s: _Settings
 ) -> tuple[torch.Generator, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The draws up to the training labels: generator, centers, the test set (x, y), the training labels."""
+    gen, centers, test = _centers_and_test(request, s)
+    train_y = _draw_labels(s.per_client * request.num_clients, s.classes, gen)
+    return gen, centers, test, train_y
+
+
+def _centers_and_test(
+    request: DataRequest, s: _Settings
+) -> tuple[torch.Generator, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The first draws, the same under either ``draw``: generator, centers, the test set (x, y)."""
     import torch
 
     gen = torch.Generator().manual_seed(int(request.rng(GENERATE).integers(2**63)))
     centers = torch.randn((s.classes, *s.shape), generator=gen, dtype=torch.float32)
     test_y = _draw_labels(s.test_samples, s.classes, gen)
     test_x = _features(test_y, centers, s.noise, gen)
-    train_y = _draw_labels(s.per_client * request.num_clients, s.classes, gen)
-    return gen, centers, (test_x, test_y), train_y
+    return gen, centers, (test_x, test_y)
 
 
 def _draw_labels(n: int, classes: int, gen: torch.Generator) -> torch.Tensor:

@@ -7,8 +7,9 @@ seed (see ``fedsim.data.base.DataRequest``). Nothing is shipped between processe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,9 +22,11 @@ from fedsim.data.base import (
     PREFIX_PLACEHOLDERS,
     PREFIXED_DATASETS,
     TASKS,
+    ClientSource,
     DataRequest,
     DatasetLoader,
 )
+from fedsim.data.lazy import ClientCache
 from fedsim.data.partitioners import PARTITIONERS, partition_arrays, resolve_partitioner_args
 from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError, UnknownNameError
@@ -90,6 +93,106 @@ class FederatedData:
         return cid
 
 
+@dataclass(frozen=True, eq=False)
+class LazyFederatedData:
+    """A client-drawn dataset: the central test set and every client's size held, the examples drawn on demand.
+
+    Offers what the engine asks of ``FederatedData`` for a population (``num_examples``, ``client_data``, the
+    test set, ``num_classes``, ``input_shape``, ``task``) plus ``cohort``, and the pooled ``train_x``,
+    ``train_y`` and ``partitions`` by materialising every client (clients one after another, in id order).
+
+    Attributes:
+        test_x, test_y: the central test set (small, materialised).
+        source: the clients' sizes and their draw.
+        num_classes, input_shape, task: as ``FederatedData``'s.
+        cache: the process's drawn clients (shared by copies made with ``dataclasses.replace``).
+    """
+
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: ClientSource
+    num_classes: int
+    input_shape: tuple[int, ...]
+    task: str = "classification"
+    cache: ClientCache = field(default_factory=ClientCache, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.source.sizes)
+
+    def sizes(self) -> np.ndarray:
+        """Every client's number of training examples (a new int64 array)."""
+        return np.array(self.source.sizes, dtype=np.int64)
+
+    def num_examples(self, cid: int) -> int:
+        """Number of training examples of client ``cid``."""
+        return int(self.source.sizes[self._check(cid)])
+
+    def client_arrays(self, cid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Client ``cid``'s examples as (read-only, possibly cached) numpy arrays."""
+        return self.cache.get(self._check(cid), self.source.draw)
+
+    def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client ``cid``'s examples ``(x, y)`` (new tensors)."""
+        import torch
+
+        x, y = self.client_arrays(cid)
+        return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+    def cohort(self, cids: Iterable[int]) -> FederatedData:
+        """A ``FederatedData`` holding only the examples of ``cids``, addressed by their population ids.
+
+        Its pooled tensors hold the listed clients one after another in id order; ``partitions`` spans the whole
+        population (a client outside ``cids`` has no rows there), so ``num_examples``/``partitions[cid]`` of a
+        listed client are the population's. Memory: the cohort's examples plus 8 bytes per client of offsets.
+        """
+        import torch
+
+        members = sorted({self._check(int(c)) for c in cids})
+        arrays = [self.client_arrays(c) for c in members]
+        counts = np.zeros(len(self), dtype=np.int64)
+        counts[members] = [len(y) for _, y in arrays]
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        total = int(offsets[-1])
+        x = np.empty((total, *self.input_shape), dtype=np.float32)
+        y = np.empty(total, dtype=np.float32 if self.task == "regression" else np.int64)
+        for (cx, cy), cid in zip(arrays, members, strict=True):
+            x[offsets[cid] : offsets[cid + 1]] = cx
+            y[offsets[cid] : offsets[cid + 1]] = cy
+        return FederatedData(
+            train_x=torch.from_numpy(x),
+            train_y=torch.from_numpy(y),
+            test_x=self.test_x,
+            test_y=self.test_y,
+            partitions=Partitions(np.arange(total, dtype=np.int64), offsets),
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            task=self.task,
+        )
+
+    @functools.cached_property
+    def _materialized(self) -> FederatedData:
+        return self.cohort(range(len(self)))
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """Every client's examples pooled (materialised on first use: the whole population's cost)."""
+        return self._materialized.train_x
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        return self._materialized.train_y
+
+    @property
+    def partitions(self) -> Partitions:
+        return self._materialized.partitions
+
+    def _check(self, cid: int) -> int:
+        if not 0 <= cid < len(self):
+            raise IndexError(f"client id {cid} out of range [0, {len(self)})")
+        return cid
+
+
 REGRESSION_PARTITIONERS = ("iid", "natural")
 """Partitioners that do not split by class label, hence usable with a regression target."""
 
@@ -151,6 +254,12 @@ def resolve_dataset_args(name: str, args: Mapping[str, Any] | None) -> dict[str,
     return dataset_spec(name).resolve(args, field="data.args", owner=owner)
 
 
+def draws_per_client(dataset: str, args: Mapping[str, Any] | None) -> bool:
+    """Whether ``dataset`` with ``args`` is client-drawn (``data.args.draw: client``): its clients' examples are
+    made on demand (``LazyFederatedData``), never pooled or cached on disk. Pure: loads nothing."""
+    return resolve_dataset_args(dataset, args).get("draw") == "client"
+
+
 def data_request(
     *,
     dataset: str,
@@ -192,10 +301,12 @@ def load_federated_data(
     test_fraction: float,
     num_clients: int,
     seed: int,
-) -> FederatedData:
+) -> FederatedData | LazyFederatedData:
     """Load (or generate) ``dataset``, hold out the central test set and partition the rest over the clients.
 
-    Deterministic: the same arguments give bit-identical tensors and partitions in any process.
+    Deterministic: the same arguments give bit-identical tensors and partitions in any process. A client-drawn
+    dataset (``data.args.draw: client``) gives a ``LazyFederatedData``: the test set and the clients' sizes, each
+    client's examples drawn when asked for.
 
     Args:
         dataset: ``data.dataset`` (``digits``, ``synthetic``, ``mnist1d``, ``blobs``, ``hf:<name>``,
@@ -231,6 +342,8 @@ def load_federated_data(
             "(the others split by class label)",
             partitioner,
         )
+    if split.source is not None:
+        return _client_drawn(split, dataset, partitioner, regression)
     partitions = split.partitions
     if partitions is None:
         partitions = partition_arrays(
@@ -251,6 +364,29 @@ def load_federated_data(
         test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
         test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
         partitions=partitions,
+        num_classes=int(split.num_classes),
+        input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
+        task=split.task,
+    )
+
+
+def _client_drawn(split: Any, dataset: str, partitioner: str, regression: bool) -> LazyFederatedData:
+    """The ``LazyFederatedData`` of a client-drawn split, refusing a partitioner that does not describe it."""
+    source = split.source
+    if partitioner not in source.partitioners:
+        raise ConfigError(
+            "data.partitioner",
+            f"{' or '.join(source.partitioners)} for {dataset} with draw: client (each client's examples are its "
+            "own draw)",
+            partitioner,
+        )
+    import torch
+
+    y_dtype = np.float32 if regression else np.int64
+    return LazyFederatedData(
+        test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
+        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
+        source=source,
         num_classes=int(split.num_classes),
         input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
         task=split.task,

@@ -55,6 +55,9 @@ def cheap_client_sizes(
     if dataset not in TRAIN_LABELS:
         return None
     known = TRAIN_LABELS.get(dataset)(request)
+    if known.client_sizes is not None:  # client-drawn: the sizes are the dataset's own
+        # another partitioner is refused by load_federated_data, which the caller's build then raises
+        return np.array(known.client_sizes, dtype=np.int64) if partitioner in known.partitioners else None
     labels = known.labels
     if labels is None:
         if partitioner not in LABEL_FREE_PARTITIONERS:

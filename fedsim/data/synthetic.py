@@ -11,19 +11,33 @@ through their independent N(0, 1) draws whatever alpha is; ``beta`` spreads the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from fedsim.argspec import ArgSpec, custom, declares, flag, num
-from fedsim.data.base import DATASETS, GENERATE, TRAIN_LABELS, DataRequest, SplitData, TrainLabels
+from fedsim.argspec import ArgSpec, choice, custom, declares, flag, num
+from fedsim.data.base import (
+    DATASETS,
+    DRAWS,
+    GENERATE,
+    TRAIN_LABELS,
+    ClientSource,
+    DataRequest,
+    SplitData,
+    TrainLabels,
+)
 from fedsim.errors import ConfigError
+from fedsim.randomness import Stream, generator
 
 # FedProx's generator adds 50 to the log-normal draw so that no user is (nearly) empty.
 DEFAULT_MIN_SAMPLES = 50
-# Guard against a typo such as mean: 40 asking for e^40 examples.
+# Guard against a typo such as mean: 40 asking for e^40 examples (the population's total under draw: population,
+# one user's under draw: client, which never holds the population).
 MAX_TOTAL_SAMPLES = 10**8
+TEST_USERS = 1000
+"""Under ``draw: client``, the central test set is the held-out examples of the first ``TEST_USERS`` users."""
 
 
 def check_samples(field: str, value: Any) -> dict[str, Any]:
@@ -74,6 +88,7 @@ DEFAULT_SAMPLES = {"dist": "lognormal", **_LOGNORMAL_SAMPLES.defaults()}
                 check_samples,
                 "{dist: lognormal, mean, sigma, min, max} or {dist: constant, value}",
             ),
+            choice("draw", "population", DRAWS),
         )
     ),
     task="classification",
@@ -90,7 +105,14 @@ def synthetic(request: DataRequest) -> SplitData:
     set follows the population mixture.
 
     ``data.args``: ``alpha`` (1.0), ``beta`` (1.0), ``dim`` (60), ``classes`` (10), ``iid`` (false),
-    ``samples`` ({dist: lognormal, mean: 4.0, sigma: 2.0, min: 50, max: null} or {dist: constant, value: n}).
+    ``samples`` ({dist: lognormal, mean: 4.0, sigma: 2.0, min: 50, max: null} or {dist: constant, value: n}),
+    ``draw`` (``population``).
+
+    ``draw: client``: the example counts are the same draws as under ``population`` (so are the clients' sizes),
+    and with ``iid`` so are the shared W, b; user k's u_k, B_k, W_k, b_k, v_k and examples come from its own
+    stream, keyed by the seed and k (``Stream.DATA_CLIENT``; its training and held-out examples from two streams
+    spawned from it), drawn when a round asks for them: the same distribution, other numbers. The central test set is the held-out examples of the first ``TEST_USERS``
+    (1000) users (a sample of the same mixture, since users are i.i.d.). It needs ``partitioner: natural``.
 
     References:
         Li, T., Sahu, A. K., Zaheer, M., Sanjabi, M., Talwalkar, A. and Smith, V., "Federated Optimization in
@@ -103,6 +125,8 @@ def synthetic(request: DataRequest) -> SplitData:
     alpha, beta, dim, classes, iid = (args[k] for k in ("alpha", "beta", "dim", "classes", "iid"))
     users = request.num_clients
     rng = request.rng(GENERATE)
+    if args["draw"] == "client":
+        return _client_drawn(request, rng)
     counts = sample_counts(args["samples"], users, rng)
 
     u = rng.normal(0.0, alpha, users)
@@ -146,20 +170,102 @@ def _train_count(n: int, test_fraction: float) -> int:
     return n - min(int(round(test_fraction * n)), n - 1)
 
 
+def _train_counts(counts: np.ndarray, test_fraction: float) -> np.ndarray:
+    """``_train_count`` of every user, vectorised (``np.round`` rounds half to even, as ``round``)."""
+    held = np.minimum(np.round(test_fraction * counts.astype(np.float64)).astype(np.int64), counts - 1)
+    return (counts - held).astype(np.int64)
+
+
+def _client_drawn(request: DataRequest, rng: np.random.Generator) -> SplitData:
+    """``draw: client``: the counts (and with ``iid`` the shared model) from ``rng``, each user's own draws on
+    demand; the test set from the first ``TEST_USERS`` users."""
+    args = request.args
+    users = request.num_clients
+    counts = sample_counts(args["samples"], users, rng, per_user_limit=True)
+    shared = None
+    if args["iid"]:
+        shared = (rng.normal(0.0, 1.0, (args["dim"], args["classes"])), rng.normal(0.0, 1.0, args["classes"]))
+    sizes = _train_counts(counts, request.test_fraction)
+    user = functools.partial(
+        _user_examples,
+        request.seed,
+        counts,
+        sizes,
+        float(args["alpha"]),
+        float(args["beta"]),
+        int(args["dim"]),
+        int(args["classes"]),
+        shared,
+    )
+    test = [user(k, held_out=True) for k in range(min(users, TEST_USERS))]
+    return SplitData(
+        train_x=np.zeros((0, args["dim"]), dtype=np.float32),
+        train_y=np.zeros(0, dtype=np.int64),
+        test_x=np.concatenate([x for x, _ in test]).reshape(-1, args["dim"]),
+        test_y=np.concatenate([y for _, y in test]),
+        num_classes=args["classes"],
+        source=ClientSource(sizes=sizes, draw=user, partitioners=("natural",)),
+    )
+
+
+def _user_examples(
+    seed: int,
+    counts: np.ndarray,
+    sizes: np.ndarray,
+    alpha: float,
+    beta: float,
+    dim: int,
+    classes: int,
+    shared: tuple[np.ndarray, np.ndarray] | None,
+    k: int,
+    *,
+    held_out: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """User ``k``'s training examples (or, ``held_out``, its held-out ones) under ``draw: client``: its model and
+    feature mean from the user's own stream, its ``sizes[k]`` training and ``counts[k] − sizes[k]`` held-out
+    examples from two streams spawned from it; float32 x, int64 y."""
+    rng = generator(seed, Stream.DATA_CLIENT, k)
+    if shared is None:
+        u, big_b = rng.normal(0.0, alpha), rng.normal(0.0, beta)
+        w, b = u + rng.standard_normal((dim, classes)), u + rng.standard_normal(classes)
+        mean = big_b + rng.standard_normal(dim)
+    else:
+        (w, b), mean = shared, np.zeros(dim)
+    # Training and held-out examples from two streams spawned from the user's: either is drawn without the other.
+    train_rng, held_rng = rng.spawn(2)
+    n = int(counts[k]) - int(sizes[k]) if held_out else int(sizes[k])
+    sigma_sqrt = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)
+    x = mean + (held_rng if held_out else train_rng).standard_normal((n, dim)) * sigma_sqrt
+    y = np.argmax(x @ w + b, axis=1).astype(np.int64)
+    return x.astype(np.float32), y
+
+
 @TRAIN_LABELS.register("synthetic")
 def synthetic_train_users(request: DataRequest) -> TrainLabels:
     """The user id of every training example, from the example counts alone (the generator's first draws).
 
     The labels are ``argmax`` of each user's features, so they are not drawn here (``labels`` is ``None``).
     """
-    counts = sample_counts(request.args["samples"], request.num_clients, request.rng(GENERATE))
-    train = np.asarray([_train_count(int(n), request.test_fraction) for n in counts], dtype=np.int64)
+    per_client = request.args["draw"] == "client"
+    counts = sample_counts(
+        request.args["samples"], request.num_clients, request.rng(GENERATE), per_user_limit=per_client
+    )
+    train = _train_counts(counts, request.test_fraction)
+    if per_client:
+        return TrainLabels(
+            count=int(train.sum()), labels=None, users=None, client_sizes=train, partitioners=("natural",)
+        )
     users = np.repeat(np.arange(request.num_clients, dtype=np.int64), train)
     return TrainLabels(count=len(users), labels=None, users=users)
 
 
-def sample_counts(spec: Mapping[str, Any] | None, users: int, rng: np.random.Generator) -> np.ndarray:
-    """Examples per user from ``data.args.samples`` (default: FedProx's ``int(lognormal(4, 2)) + 50``)."""
+def sample_counts(
+    spec: Mapping[str, Any] | None, users: int, rng: np.random.Generator, *, per_user_limit: bool = False
+) -> np.ndarray:
+    """Examples per user from ``data.args.samples`` (default: FedProx's ``int(lognormal(4, 2)) + 50``).
+
+    The total is bounded by ``MAX_TOTAL_SAMPLES``, or with ``per_user_limit`` (``draw: client``) each user's
+    count."""
     field = "data.args.samples"
     spec = check_samples(field, DEFAULT_SAMPLES if spec is None else spec)
     if spec["dist"] == "constant":
@@ -168,7 +274,7 @@ def sample_counts(spec: Mapping[str, Any] | None, users: int, rng: np.random.Gen
     draws = rng.lognormal(mean, sigma, users)
     if high is not None:
         draws = np.minimum(draws, high)
-    if draws.sum() > MAX_TOTAL_SAMPLES:
+    if (draws.max(initial=0) if per_user_limit else draws.sum()) > MAX_TOTAL_SAMPLES:
         raise ConfigError(
             field, f"a distribution giving at most {MAX_TOTAL_SAMPLES:.0e} examples in all", dict(spec)
         )

@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from fedsim.data import FederatedData, load_federated_data
+from fedsim.data import FederatedData, LazyFederatedData, draws_per_client, load_federated_data
 from fedsim.engine.data_cache import cached
 from fedsim.gradcore.dp import secure_generator, seeded_generator
 from fedsim.models import build_model
@@ -16,13 +16,17 @@ from fedsim.randomness import Stream, derive_int, secret_seed
 from fedsim.scenario import Scenario
 
 
-def build_data(scenario: Scenario) -> FederatedData:
+def build_data(scenario: Scenario) -> FederatedData | LazyFederatedData:
     """The partitioned dataset of the scenario (deterministic in ``scenario.seed``), from the machine's data
-    cache when another process (or an earlier run) already built it (``fedsim.engine.data_cache``)."""
+    cache when another process (or an earlier run) already built it (``fedsim.engine.data_cache``). A
+    client-drawn dataset (``data.args.draw: client``) is built here, without the cache: it holds only its test
+    set and its clients' sizes, and every process draws the clients it trains (``LazyFederatedData``)."""
+    if draws_per_client(scenario.data.dataset, scenario.data.args):
+        return load_data(scenario)
     return cached(scenario, lambda: load_data(scenario))
 
 
-def evaluation_data(data: FederatedData, scenario: Scenario) -> FederatedData:
+def evaluation_data(data: FederatedData | LazyFederatedData, scenario: Scenario) -> FederatedData:
     """``data`` with its central test set cut to the first ``evaluation.test_examples`` examples (if set)."""
     n = scenario.evaluation.test_examples
     if n is None or n >= len(data.test_y):
@@ -30,7 +34,7 @@ def evaluation_data(data: FederatedData, scenario: Scenario) -> FederatedData:
     return dataclasses.replace(data, test_x=data.test_x[:n], test_y=data.test_y[:n])
 
 
-def load_data(scenario: Scenario) -> FederatedData:
+def load_data(scenario: Scenario) -> FederatedData | LazyFederatedData:
     """Build the partitioned dataset of the scenario in this process, without the cache."""
     d = scenario.data
     return load_federated_data(

@@ -18,7 +18,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedsim.data import FederatedData
+from fedsim.data import FederatedData, LazyFederatedData
 from fedsim.engine.cohort import select_cohort_trainer
 from fedsim.engine.memory import memory_budget_bytes
 from fedsim.engine.messages import (
@@ -49,11 +49,13 @@ def _scenario(scenario_json: str) -> Scenario:
 
 @lru_cache(maxsize=4)
 def _environment(scenario_json: str) -> tuple[FederatedData, torch.nn.Module, int]:
-    """The run's data (pooled training tensors on the training device), model and memory budget."""
+    """The run's data (pooled training tensors on the training device; a client-drawn dataset's clients are
+    drawn per message, ``cohort_data``), model and memory budget."""
     scenario = _scenario(scenario_json)
     device = training_device(scenario.engine.device)
     data = build_data(scenario)
-    data = dataclasses.replace(data, train_x=data.train_x.to(device), train_y=data.train_y.to(device))
+    if not isinstance(data, LazyFederatedData):
+        data = dataclasses.replace(data, train_x=data.train_x.to(device), train_y=data.train_y.to(device))
     budget = memory_budget_bytes(scenario.engine.memory_budget_mb, device, scenario.engine.gpus_per_worker)
     return data, build_initial_model(scenario, data).to(device), budget
 
@@ -63,6 +65,15 @@ def prepare_environment(scenario: dict) -> float:
     start = time.perf_counter()
     _environment(json.dumps(scenario, sort_keys=True))
     return time.perf_counter() - start
+
+
+def cohort_data(data: FederatedData | LazyFederatedData, cids: Sequence[int], device: torch.device) -> FederatedData:
+    """``data`` itself, or for a client-drawn dataset the examples of ``cids`` only (drawn, or from this process's
+    bounded cache of drawn clients), on ``device``."""
+    if not isinstance(data, LazyFederatedData):
+        return data
+    view = data.cohort(cids)
+    return dataclasses.replace(view, train_x=view.train_x.to(device), train_y=view.train_y.to(device))
 
 
 def nonfinite_faults(scenario: Scenario, round: int, cids: Sequence[int]) -> frozenset[int]:
@@ -83,6 +94,7 @@ def handle_train(request: TrainRequest) -> WorkerResult:
     start = time.perf_counter()
     scenario_json = json.dumps(request.scenario, sort_keys=True)
     data, model, budget = _environment(scenario_json)
+    data = cohort_data(data, [t.cid for t in request.tasks], next(model.parameters()).device)
     cfg = dataclasses.replace(request.train_config, memory_budget_bytes=budget)
     trainer = select_cohort_trainer(str(request.scenario["engine"]["vectorize"]), model, cfg)
     tasks = with_faults(_scenario(scenario_json), request.round, request.tasks)
@@ -142,6 +154,7 @@ def train_diff2(msg: Message, context: Context) -> Message:
         x_prev = kept[1]
     scenario_json = json.dumps(req.scenario, sort_keys=True)
     data, model, _ = _environment(scenario_json)
+    data = cohort_data(data, req.client_ids, next(model.parameters()).device)
     nonfinite = nonfinite_faults(_scenario(scenario_json), req.round, req.client_ids)
     sums = diff2_round(
         model, data, req.client_ids, x=req.x, x_prev=x_prev, radius=req.radius, nonfinite=nonfinite
