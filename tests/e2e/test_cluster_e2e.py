@@ -29,19 +29,27 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 WALL_CLOCK = ("wall_time_s", "round_wall_s")
 
 
-def fedsim_run(scenario: dict, tmp: Path, name: str) -> tuple[str, Path]:
-    """``fedsim run`` of ``scenario``; returns the progress output and the run folder."""
+def start_run(scenario: dict, tmp: Path, name: str) -> subprocess.Popen[str]:
+    """``fedsim run`` of ``scenario`` in the background."""
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(scenario))
-    out = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "fedsim.cli", "run", str(path), "--output", str(tmp / name)],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stderr, Path(out.stdout.strip().splitlines()[-1].split("results=")[1])
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, Path]:
+    """Wait for a run; returns its progress output and its results folder."""
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    return err, Path(out.strip().splitlines()[-1].split("results=")[1])
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -54,13 +62,17 @@ def rows(run_dir: Path) -> list[dict]:
 def test_workers_auto_on_a_two_raylet_cluster_uses_both_raylets_and_gives_the_inprocess_result(tmp_path):
     scenario = yaml.safe_load((ROOT / "tests" / "e2e" / "small.yaml").read_text())
     caches = [tmp_path / "cache-node-0", tmp_path / "cache-node-1"]
-    with local_cluster(
-        2, cpus_per_node=1, node_env=[{"FEDSIM_CACHE_DIR": str(c)} for c in caches]
-    ) as cluster:
-        on_cluster = {**scenario, "engine": {"workers": "auto", "ray_address": cluster.address}}
-        log, cluster_dir = fedsim_run(on_cluster, tmp_path, "cluster")
-        nodes = query(cluster.address, "nodes()")
-        actors = query(cluster.address, "actors('ClientAppActor')")
+    # the in-process reference runs while the cluster starts (mostly waiting)
+    local = start_run({**scenario, "engine": {"workers": 2, "backend": "inprocess"}}, tmp_path, "inprocess")
+    try:
+        env = [{"FEDSIM_CACHE_DIR": str(c)} for c in caches]
+        with local_cluster(2, cpus_per_node=1, node_env=env) as cluster:
+            on_cluster = {**scenario, "engine": {"workers": "auto", "ray_address": cluster.address}}
+            log, cluster_dir = finish(start_run(on_cluster, tmp_path, "cluster"))
+            nodes = query(cluster.address, "nodes()")
+            actors = query(cluster.address, "actors('ClientAppActor')")
+    finally:
+        _, local_dir = finish(local)
 
     assert log.startswith("starting 2 ray workers (auto: engine.ray_address is set)"), log[:500]
     assert f"Ray cluster at {cluster.address}: 2 nodes, 2 CPUs, 0 GPUs; 2 workers of 1 CPU each" in log
@@ -69,8 +81,6 @@ def test_workers_auto_on_a_two_raylet_cluster_uses_both_raylets_and_gives_the_in
     for cache in caches:  # each node built its own copy of the data, in its own cache (not the driver's)
         assert len(list(cache.glob("*/meta.json"))) == 1, cache
 
-    local = {**scenario, "engine": {"workers": 2, "backend": "inprocess"}}
-    _, local_dir = fedsim_run(local, tmp_path, "inprocess")
     a, b = rows(cluster_dir), rows(local_dir)
     assert len(a) == scenario["rounds"] and a == b
     cluster_model, local_model = torch.load(cluster_dir / "model.pt"), torch.load(local_dir / "model.pt")
