@@ -5,9 +5,10 @@ Starts two local clusters on this machine the way a real one is started (``bench
 scenario with ``fedsim run`` on each (``engine.ray_address`` set, ``engine.workers: auto``): 1 worker on the
 1-raylet cluster, 2 on the 2-raylet one. The runs alternate (1, 2, 2, 1, ...), so the two are measured under the
 same load. Prints, per run, the workers and the median wall seconds of the rounds after the first (start-up and
-first-round warm-up excluded), then the medians and their ratio.
+first-round warm-up excluded), then the medians and their ratio, and the machine's load average before and after (other work
+on the machine slows both alike, but shows how shared the cores were).
 
-    .venv/bin/python bench/cluster_scale.py --rounds 6 --repeats 2
+    .venv/bin/python bench/cluster_scale.py --rounds 5 --repeats 2
 
 Raylets on ONE machine share its cores: the figure shows the mechanism (workers placed on both raylets, each
 building its data from its own cache), not what a second machine would add.
@@ -34,17 +35,17 @@ from local_cluster import local_cluster, query  # noqa: E402
 
 
 def scenario(rounds: int, address: str) -> dict:
-    """Digits, 100 clients per round of 4 epochs each on an MLP: enough work per round that the rounds, not
-    the messages, take the time."""
+    """Digits over 40 clients (about 45 examples each), all 40 training 5 epochs per round on a 256-256 MLP:
+    enough work per round that the training, not the messages, takes the time."""
     return {
         "name": "cluster-scale",
         "seed": 1,
         "rounds": rounds,
         "data": {"dataset": "digits", "partitioner": "iid"},
-        "population": {"clients": 200},
-        "model": {"name": "mlp", "args": {"hidden": [128]}},
-        "client": {"epochs": 4, "batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.05}},
-        "strategy": {"name": "fedavg", "clients_per_round": 100},
+        "population": {"clients": 40},
+        "model": {"name": "mlp", "args": {"hidden": [256, 256]}},
+        "client": {"epochs": 5, "batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.05}},
+        "strategy": {"name": "fedavg", "clients_per_round": 40},
         "engine": {"workers": "auto", "ray_address": address},
     }
 
@@ -68,11 +69,15 @@ def fedsim_run(sc: dict, tmp: Path, name: str) -> tuple[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="runs per cluster, alternating")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cluster-scale-"))
-    print(f"machine: {os.cpu_count()} cores; each raylet has 1 CPU; {args.rounds} rounds per run", flush=True)
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; each raylet has 1 CPU; "
+        f"{args.rounds} rounds per run",
+        flush=True,
+    )
     with ExitStack() as stack:
         clusters = {}
         for n in (1, 2):
@@ -92,6 +97,7 @@ def main() -> None:
             )
     one, two = statistics.median(per_round[1]), statistics.median(per_round[2])
     print(f"median s/round: 1 raylet {one:.3f}, 2 raylets {two:.3f}; 2-raylet / 1-raylet = {two / one:.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
