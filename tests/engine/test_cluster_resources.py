@@ -102,3 +102,22 @@ def test_the_progress_line_names_the_cluster_resources():
     nodes = [node(4, 1)]
     line = describe_cluster("h:1", nodes, 2, backend_config(gpu, 2, nodes=nodes))
     assert line == "Ray cluster at h:1: 1 node, 4 CPUs, 1 GPUs; 2 workers of 2 CPU and 0.5 GPU each"
+
+
+def test_an_address_where_no_head_answers_is_one_config_error_before_the_run():
+    import socket
+
+    from fedsim.engine.preflight import check_before_run
+    from fedsim.engine.ray_guard import check_reachable
+
+    with socket.socket() as closed:  # a port nothing listens on (bound, not listening: connections refused)
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=r"engine.ray_address must be the host:port of a running Ray"):
+            check_before_run(scenario(ray_address=address))
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        check_reachable(f"127.0.0.1:{head.getsockname()[1]}")
+    check_reachable("auto")  # Ray's own ways of naming a cluster are left to Ray
+    check_reachable("ray://head:10001")
