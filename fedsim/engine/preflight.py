@@ -26,6 +26,10 @@ def check_before_run(scenario: Scenario) -> None:
         ConfigError: the first problem, naming its field.
     """
     check_scenario(scenario)
+    if scenario.engine.ray_address:  # an existing cluster that does not answer: one line, not minutes of retries
+        from fedsim.engine.ray_guard import check_reachable
+
+        check_reachable(scenario.engine.ray_address)
     if scenario.data.dataset.startswith("hf:"):  # needs the network: checked when the run loads it
         return
     data = build_data(scenario)

@@ -33,6 +33,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -264,6 +265,33 @@ def _init_ray(init_args: Mapping[str, Any], stop: StopRequest | None) -> None:
                 signal.signal(s, handler)
 
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long :func:`check_reachable` waits for the head of an existing cluster to accept a connection."""
+
+
+def check_reachable(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse at once an ``engine.ray_address`` of the form ``host:port`` where nothing accepts a connection:
+    ``ray.init`` would retry it for minutes, printing a warning every few seconds. Other forms (``auto``,
+    ``ray://...``) are left to Ray.
+
+    Raises:
+        ConfigError: nothing answered at ``address``.
+    """
+    from fedsim.errors import ConfigError
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            "engine.ray_address", f"the host:port of a running Ray cluster's head ({reason} there)", address
+        ) from None
+
+
 @contextmanager
 def ray_cluster(init_args: Mapping[str, Any], stop: StopRequest | None = None) -> Iterator[RayCluster]:
     """Ray for one run: started (or connected, with ``address``) on entry; shut down, and anything of it that
@@ -279,6 +307,7 @@ def ray_cluster(init_args: Mapping[str, Any], stop: StopRequest | None = None) -
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     args = {**init_args, "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
     if args.get("address"):  # an existing cluster: only our connection to it is ours
+        check_reachable(args["address"])
         with _environ({"PYTHONPATH": pythonpath}):
             try:
                 _init_ray(args, stop)

@@ -13,11 +13,19 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from fedsim.engine.resources import (
+    Node,
+    cpus_per_worker,
+    describe_cluster,
+    gpu_share,
+    local_nodes,
+    workers_for,
+)
 from fedsim.engine.server import Engine, Recorder, RunSummary
 from fedsim.engine.transport import WORKER_RESTARTS
 from fedsim.scenario import Scenario
@@ -32,45 +40,46 @@ def inprocess_workers(scenario: Scenario) -> int:
 
 
 def backend_workers(scenario: Scenario, choice: BackendChoice) -> int:
-    """How many workers the chosen backend runs."""
-    return inprocess_workers(scenario) if choice.name == "inprocess" else resolve_workers(scenario)
+    """How many workers the chosen backend runs. On an existing cluster (``engine.ray_address``) with
+    ``engine.workers: auto`` this connects to it briefly to read its resources (:func:`probe_cluster`)."""
+    if choice.name == "inprocess":
+        return inprocess_workers(scenario)
+    if scenario.engine.ray_address and scenario.engine.workers == "auto":
+        return resolve_workers(scenario, nodes=probe_cluster(scenario))
+    return resolve_workers(scenario)
 
 
-def cuda_devices() -> int:
-    """GPUs this process sees (0 without CUDA)."""
-    import torch
+def cluster_nodes() -> list[dict[str, float]]:
+    """The live nodes of the Ray cluster this process is connected to, with each one's total CPUs and GPUs
+    (a node started with ``--num-cpus=0``, e.g. a head kept free for the driver, counts for nothing)."""
+    import ray
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def gpu_share(scenario: Scenario, *, gpus: int | None = None) -> float:
-    """The GPU share each worker asks Ray for: ``engine.gpus_per_worker``, or 0 on a machine without a GPU.
-
-    A scenario written for a GPU machine runs unchanged on a CPU-only one: its workers then train on the CPU
-    (``engine.device: auto``) and the results are the same to float tolerance, only slower.
-    """
-    gpus = cuda_devices() if gpus is None else gpus
-    return float(scenario.engine.gpus_per_worker) if gpus > 0 else 0.0
+    return [
+        {"CPU": float(node["Resources"].get("CPU", 0)), "GPU": float(node["Resources"].get("GPU", 0))}
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources")
+    ]
 
 
-def resolve_workers(scenario: Scenario, *, gpus: int | None = None) -> int:
-    """``engine.workers``: an integer as given; ``auto`` = one per GPU share when sharing GPUs, else one per core."""
-    eng = scenario.engine
-    if eng.workers != "auto":
-        return int(eng.workers)
-    gpus = cuda_devices() if gpus is None else gpus
-    share = gpu_share(scenario, gpus=gpus)
-    if share > 0:
-        return max(1, int(gpus / share))
-    return max(1, os.cpu_count() or 1)
+def probe_cluster(scenario: Scenario) -> list[dict[str, float]]:
+    """Connect to ``engine.ray_address`` (a driver connection, ~0.1 s once Ray is imported), read its nodes,
+    disconnect. For the worker count the first progress line names before the run connects for good."""
+    from fedsim.engine.ray_guard import ray_cluster
+
+    with quiet_flower(), ray_cluster(ray_init_args(scenario)):
+        return cluster_nodes()
 
 
-def backend_config(scenario: Scenario, workers: int, *, gpus: int | None = None) -> dict[str, Any]:
-    """Ray backend settings: CPU/GPU share per worker actor, quiet logs, optional existing cluster.
+def resolve_workers(
+    scenario: Scenario, *, gpus: int | None = None, nodes: Sequence[Node] | None = None
+) -> int:
+    """``engine.workers`` on ``nodes`` (default: this machine, with ``gpus`` GPUs if given): see
+    :func:`workers_for`."""
+    return workers_for(scenario, local_nodes(gpus=gpus) if nodes is None else nodes)
 
-    Workers with ``num_gpus`` fractions below 1 share a GPU: Ray places ``1 / gpus_per_worker`` of them on each.
-    """
-    cores = os.cpu_count() or 1
+
+def ray_init_args(scenario: Scenario) -> dict[str, Any]:
+    """``ray.init`` arguments: quiet logs, no dashboard, and the existing cluster's address if one is set."""
     init_args: dict[str, Any] = {
         "logging_level": logging.ERROR,
         "log_to_driver": False,
@@ -78,16 +87,29 @@ def backend_config(scenario: Scenario, workers: int, *, gpus: int | None = None)
     }
     if scenario.engine.ray_address:
         init_args["address"] = scenario.engine.ray_address
+    return init_args
+
+
+def backend_config(
+    scenario: Scenario, workers: int, *, gpus: int | None = None, nodes: Sequence[Node] | None = None
+) -> dict[str, Any]:
+    """Ray backend settings: CPU/GPU share per worker actor on ``nodes`` (default: this machine), quiet logs,
+    optional existing cluster.
+
+    Workers with ``num_gpus`` fractions below 1 share a GPU: Ray places ``1 / gpus_per_worker`` of them on each.
+    """
+    nodes = local_nodes(gpus=gpus) if nodes is None else nodes
+    share = gpu_share(scenario, gpus=sum(node.get("GPU", 0) for node in nodes))
     return {
         "client_resources": {
-            "num_cpus": max(1, cores // workers),
-            "num_gpus": gpu_share(scenario, gpus=gpus),
+            "num_cpus": cpus_per_worker(nodes, workers, share),
+            "num_gpus": share,
             # a worker process that dies (killed, out of memory) is restarted and its message run again there:
             # the message carries everything the step needs (its Context included), so the result is the same
             "max_restarts": WORKER_RESTARTS,
             "max_task_retries": WORKER_RESTARTS,
         },
-        "init_args": init_args,
+        "init_args": ray_init_args(scenario),
     }
 
 
@@ -272,11 +294,6 @@ def simulate_ray(
     from fedsim.engine.ray_guard import ray_cluster
     from fedsim.engine.worker import client_app
 
-    workers = resolve_workers(scenario)
-    if scenario.engine.gpus_per_worker > 0 and gpu_share(scenario) == 0:
-        logging.getLogger("fedsim").warning(
-            "fedsim: no CUDA GPU here: engine.gpus_per_worker is ignored and the workers train on the CPU"
-        )
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
     gone = threading.Event()
@@ -309,12 +326,24 @@ def simulate_ray(
         outcome["cluster"].end_tasks()
         threading.Thread(target=again, name="fedsim-end-tasks", daemon=True).start()
 
-    config = backend_config(scenario, workers)
     teardown = stop if stop is not None else StopRequest()  # set when the run is torn down early
     with quiet_flower(teardown):
         stopped_before_start(stop)
-        with ray_cluster(config["init_args"], stop) as outcome["cluster"]:
+        with ray_cluster(ray_init_args(scenario), stop) as outcome["cluster"]:
             stopped_before_start(stop)
+            # on an existing cluster, the workers and their shares follow its nodes, read now it is connected
+            nodes = cluster_nodes() if scenario.engine.ray_address else local_nodes()
+            workers = workers_for(scenario, nodes)
+            config = backend_config(scenario, workers, nodes=nodes)
+            log = logging.getLogger("fedsim")
+            if scenario.engine.gpus_per_worker > 0 and config["client_resources"]["num_gpus"] == 0:
+                where = "in the Ray cluster" if scenario.engine.ray_address else "here"
+                log.warning(
+                    f"fedsim: no CUDA GPU {where}: engine.gpus_per_worker is ignored and the workers train on "
+                    "the CPU"
+                )
+            if scenario.engine.ray_address:
+                log.warning("%s", describe_cluster(scenario.engine.ray_address, nodes, workers, config))
             try:
                 with insisting_ends_simulation(stop, teardown, gone, end_tasks):
                     run_simulation(
