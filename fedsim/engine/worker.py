@@ -171,6 +171,7 @@ def train_gossip(msg: Message, context: Context) -> Message:
         decode_gossip_order,
         encode_gossip_report,
         encode_gossip_snapshot,
+        get_packed,
         gossip_restore_state,
         is_gossip_snapshot_request,
     )
@@ -178,11 +179,11 @@ def train_gossip(msg: Message, context: Context) -> Message:
 
     start = time.perf_counter()
     if is_gossip_snapshot_request(msg.content):  # a checkpoint: the shard's state, nothing run
-        record = context.state.array_records.get(GOSSIP_STATE)
-        if record is None:
+        saved = get_packed(context.state, GOSSIP_STATE)
+        if saved is None:
             reason = f"node {context.node_id} holds no gossip shard to checkpoint"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
-        return Message(content=encode_gossip_snapshot(dict(record.to_torch_state_dict())), reply_to=msg)
+        return Message(content=encode_gossip_snapshot(saved), reply_to=msg)
     scenario_dict, owned, order = decode_gossip_order(msg.content)
     data, model, _ = _environment(json.dumps(scenario_dict, sort_keys=True))
     restored = gossip_restore_state(msg.content)
@@ -205,16 +206,16 @@ def train_gossip(msg: Message, context: Context) -> Message:
 def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first: bool):
     """The worker's shard: new at the run's first superstep, else restored from ``context.state`` (None if lost)."""
     from fedsim.engine.gossip_network import build_shard
-    from fedsim.engine.messages import GOSSIP_STATE
+    from fedsim.engine.messages import GOSSIP_STATE, get_packed
 
     scenario_json = json.dumps(scenario_dict, sort_keys=True)
-    record = context.state.array_records.get(GOSSIP_STATE)
     if first:
         return build_shard(parse_scenario(scenario_dict, source="<message>"), data, model, owned)
-    if record is None:
+    saved = get_packed(context.state, GOSSIP_STATE)
+    if saved is None:
         return None
     shard = _shard_skeleton(scenario_json, tuple(owned))
-    shard.load_state(dict(record.to_torch_state_dict()))  # replaces every piece of state the shard has
+    shard.load_state(saved)  # replaces every piece of state the shard has
     return shard
 
 
@@ -230,8 +231,6 @@ def _shard_skeleton(scenario_json: str, owned: tuple[int, ...]):
 
 
 def _save_gossip_shard(shard, context: Context) -> None:
-    from flwr.app import ArrayRecord
+    from fedsim.engine.messages import GOSSIP_STATE, LAYOUT, pack_tensors
 
-    from fedsim.engine.messages import GOSSIP_STATE
-
-    context.state[GOSSIP_STATE] = ArrayRecord({k: v.contiguous() for k, v in shard.state().items()})
+    context.state[GOSSIP_STATE], context.state[GOSSIP_STATE + LAYOUT] = pack_tensors(shard.state())
