@@ -230,6 +230,7 @@ GOSSIP_MAIL = "fedsim.gossip.mail"
 GOSSIP_MODELS = "fedsim.gossip.models"
 GOSSIP_STATE = "fedsim.gossip.shard"
 GOSSIP_STATE_CONFIG = "fedsim.gossip.shard_config"
+STATE_TOKEN = "token"
 
 OWNED = "owned"
 B_TICK = "b_tick"
@@ -273,10 +274,10 @@ def pack_tensors(tensors: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, Conf
         groups.setdefault(str(t.dtype).removeprefix("torch."), []).append(name)
     arrays: dict[str, Array] = {}
     for dtype, names in groups.items():
-        parts = [tensors[n].detach().cpu().reshape(-1) for n in names]
-        flat = torch.cat(parts) if len(parts) > 1 else parts[0]
-        data = flat.numpy().tobytes()
-        arrays[dtype] = Array(dtype=dtype, shape=(flat.numel(),), stype=PACKED_STYPE, data=data)
+        parts = [tensors[n].detach().cpu().contiguous().reshape(-1).numpy() for n in names]
+        data = b"".join(memoryview(a) for a in parts)  # the one copy
+        size = sum(a.size for a in parts)
+        arrays[dtype] = Array(dtype=dtype, shape=(size,), stype=PACKED_STYPE, data=data)
     layout = ConfigRecord(
         {
             PACKED_NAMES: list(tensors),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -198,19 +199,32 @@ def train_gossip(msg: Message, context: Context) -> Message:
             f"node {context.node_id} lost its gossip nodes' state (a restarted node loses its context.state)"
         )
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    _LIVE_SHARDS.pop((context.run_id, context.node_id), None)  # changed now: no longer what the context holds
     report = execute(shard, order)
     _save_gossip_shard(shard, context)
     return Message(content=encode_gossip_report(report, time.perf_counter() - start), reply_to=msg)
 
 
+_LIVE_SHARDS: dict[tuple[int, int], tuple[str, object]] = {}
+"""(run id, node id) -> (the token of the state this process last saved in that node's ``context.state``, the
+shard it saved). The context is the authority; a shard kept here spares loading it again when the node's next
+message comes to this same process with that same state (always in process, often on Ray, where any actor may
+take any node's message and a restarted one starts empty)."""
+
+
 def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first: bool):
-    """The worker's shard: new at the run's first superstep, else restored from ``context.state`` (None if lost)."""
+    """The worker's shard: new at the run's first superstep, else the one ``context.state`` holds (None if lost):
+    kept live by this process when it saved that very state, else loaded from the context."""
     from fedsim.engine.gossip_network import build_shard
-    from fedsim.engine.messages import GOSSIP_STATE, get_packed
+    from fedsim.engine.messages import GOSSIP_STATE, GOSSIP_STATE_CONFIG, STATE_TOKEN, get_packed
 
     scenario_json = json.dumps(scenario_dict, sort_keys=True)
     if first:
         return build_shard(parse_scenario(scenario_dict, source="<message>"), data, model, owned)
+    token = context.state.config_records.get(GOSSIP_STATE_CONFIG, {}).get(STATE_TOKEN)
+    live = _LIVE_SHARDS.get((context.run_id, context.node_id))
+    if token is not None and live is not None and live[0] == token:
+        return live[1]
     saved = get_packed(context.state, GOSSIP_STATE)
     if saved is None:
         return None
@@ -231,6 +245,11 @@ def _shard_skeleton(scenario_json: str, owned: tuple[int, ...]):
 
 
 def _save_gossip_shard(shard, context: Context) -> None:
-    from fedsim.engine.messages import GOSSIP_STATE, LAYOUT, pack_tensors
+    from flwr.app import ConfigRecord
+
+    from fedsim.engine.messages import GOSSIP_STATE, GOSSIP_STATE_CONFIG, LAYOUT, STATE_TOKEN, pack_tensors
 
     context.state[GOSSIP_STATE], context.state[GOSSIP_STATE + LAYOUT] = pack_tensors(shard.state())
+    token = uuid.uuid4().hex  # names this saved state (not a simulation draw: results never depend on it)
+    context.state[GOSSIP_STATE_CONFIG] = ConfigRecord({STATE_TOKEN: token})
+    _LIVE_SHARDS[(context.run_id, context.node_id)] = (token, shard)
