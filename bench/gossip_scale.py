@@ -1,10 +1,12 @@
 """Gossip learning at scale on this machine: N nodes of the quickstart model, in one process and on the engine.
 
-Runs the same network twice, with the same protocol code (``fedsim.gossip.shard``): once in this process
-(``GossipSimulator``, one shard holding every node) and once through ``fedsim run`` (Flower's simulation on Ray,
-the nodes sharded over ``engine.workers`` workers, models crossing workers once per tick). Prints for each: wall
-seconds of the ticks (start-up excluded), ticks/s, node training steps/s, and the peak resident memory (the whole
-process tree for the engine: driver, Ray and its workers, sampled every 0.2 s); then the engine/in-process ratio.
+Runs the same network with the same protocol code (``fedsim.gossip.shard``): in this process (``GossipSimulator``,
+one shard holding every node), then through ``fedsim run`` on the engine's in-process backend and on Ray
+(Flower's simulation; the nodes sharded over ``--workers`` workers, models crossing workers once per tick), then in
+this process again (the machine's load changes; the in-process rate is the mean of the two). Prints for each: wall
+seconds of ticks 1..N and the last evaluation (tick 0, start-up and the first evaluation excluded alike), ticks/s,
+node training steps/s, the peak resident memory (the whole process tree for the engine: driver, Ray and its
+workers, sampled every 0.2 s), and each engine run's rate over the in-process rate.
 
     .venv/bin/python bench/gossip_scale.py --nodes 1000 --ticks 100
 
@@ -19,7 +21,6 @@ import os
 import resource
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from fedsim.gossip import GossipSimulator
 from fedsim.scenario.load import parse_scenario
 
 
-def scenario(nodes: int, ticks: int, workers: int):
+def scenario(nodes: int, ticks: int, workers: int, backend: str = "auto"):
     base = yaml.safe_load(Path("scenarios/quickstart.yaml").read_text())
     base |= {
         "name": f"gossip-scale-{nodes}",
@@ -39,7 +40,7 @@ def scenario(nodes: int, ticks: int, workers: int):
         "population": {"clients": nodes},
         "strategy": {"name": "gossip"},
         "gossip": {"topology": {"kind": "regular", "args": {"k": 8}}, "ticks": ticks, "eval_every": ticks},
-        "engine": {"workers": workers},
+        "engine": {"workers": workers, "backend": backend},
     }
     return parse_scenario(base)
 
@@ -50,15 +51,19 @@ def in_process(sc) -> dict:
     net = build_network(sc, data, model)
     params = initial_models(sc, data, torch.arange(sc.population.clients).numpy())
     sim = GossipSimulator(model, data, net.neighbours, params, _config(sc), schedule=net.schedule)
-    t0 = time.perf_counter()
     rows = sim.run(sc.gossip_settings.ticks)
-    wall = time.perf_counter() - t0
     return {
-        "wall_s": wall,
-        "steps": sim.counts["trained"],
+        **_timed(rows),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "acc": rows[-1]["test_accuracy_mean"],
     }
+
+
+def _timed(rows) -> dict:
+    """Wall seconds and training steps from the tick-0 row to the last (both runners time rows the same way:
+    ``wall_time_s`` after each evaluation)."""
+    first, last = rows[0], rows[-1]
+    return {"wall_s": last["wall_time_s"] - first["wall_time_s"], "steps": last["trained"] - first["trained"]}
 
 
 def _config(sc):
@@ -110,14 +115,13 @@ def on_engine(sc) -> dict:
         outcome = run_scenario(sc, output_root=out, show_progress=False)
     stop.set()
     thread.join()
-    last = outcome.summary.last_row
+    last = outcome.rows[-1]
     return {
-        "wall_s": last["wall_time_s"],  # from the engine's start (workers registered) to the last evaluation
-        "steps": last["trained"],
+        **_timed(outcome.rows),
         "peak_rss_mib": peak[0] / 2**20,
         "acc": last["test_accuracy_mean"],
-        "models_across_workers": last["models_across_workers"],
         "supersteps": last["supersteps"],
+        "models_across_workers": last["models_across_workers"],
     }
 
 
@@ -126,18 +130,41 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--ticks", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the in-process runs (the engine's workers use 1)",
+    )
     args = p.parse_args()
-    sc = scenario(args.nodes, args.ticks, args.workers)
-    results = {"in-process": in_process(sc), "engine": on_engine(sc)}
-    for name, r in results.items():
+    ticks = args.ticks
+    torch.set_num_threads(args.threads)
+    runs = [
+        ("in-process", lambda: in_process(scenario(args.nodes, ticks, args.workers))),
+        ("engine inprocess", lambda: on_engine(scenario(args.nodes, ticks, args.workers, "inprocess"))),
+        ("engine ray", lambda: on_engine(scenario(args.nodes, ticks, args.workers, "ray"))),
+        ("in-process", lambda: in_process(scenario(args.nodes, ticks, args.workers))),
+    ]
+    results = []
+    for name, fn in runs:
+        r = fn()
+        results.append((name, r))
         extra = "".join(f" {k}={r[k]}" for k in ("supersteps", "models_across_workers") if k in r)
+        how = f"workers={args.workers}" if name.startswith("engine") else f"threads={torch.get_num_threads()}"
         print(
-            f"{name}: nodes={args.nodes} ticks={args.ticks} threads={torch.get_num_threads()} wall_s={r['wall_s']:.1f} "
-            f"ticks_per_s={args.ticks / r['wall_s']:.2f} steps_per_s={r['steps'] / r['wall_s']:.1f} "
-            f"train_steps={r['steps']} peak_rss_mib={r['peak_rss_mib']:.0f} acc_mean={r['acc']:.3f}{extra}"
+            f"{name}: nodes={args.nodes} ticks={ticks} {how} "
+            f"wall_s={r['wall_s']:.1f} ticks_per_s={ticks / r['wall_s']:.2f} "
+            f"steps_per_s={r['steps'] / r['wall_s']:.1f} train_steps={r['steps']} "
+            f"peak_rss_mib={r['peak_rss_mib']:.0f} acc_mean={r['acc']:.3f}{extra}",
+            flush=True,
         )
-    ratio = results["engine"]["wall_s"] / results["in-process"]["wall_s"]
-    print(f"engine / in-process wall ratio: {ratio:.2f}")
+    base = [r["steps"] / r["wall_s"] for name, r in results if name == "in-process"]
+    rate = sum(base) / len(base)
+    for name, r in results:
+        if name.startswith("engine"):
+            print(
+                f"{name} / in-process rate: {r['steps'] / r['wall_s'] / rate:.2f} (in-process: {rate:.1f} steps/s)"
+            )
 
 
 if __name__ == "__main__":

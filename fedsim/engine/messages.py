@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsim.privacy.client_level import clip_mode
 from fedsim.protocol import (
@@ -230,6 +230,7 @@ GOSSIP_MAIL = "fedsim.gossip.mail"
 GOSSIP_MODELS = "fedsim.gossip.models"
 GOSSIP_STATE = "fedsim.gossip.shard"
 GOSSIP_STATE_CONFIG = "fedsim.gossip.shard_config"
+STATE_TOKEN = "token"
 
 OWNED = "owned"
 B_TICK = "b_tick"
@@ -252,14 +253,79 @@ COUNT_VALUES = "count_values"
 ONLINE = "online"
 
 
-def _encode_mail(mail: Any, config: ConfigRecord) -> ArrayRecord:
+PACKED_STYPE = "fedsim.packed"
+"""The ``stype`` of an :class:`~flwr.app.Array` that holds several tensors' raw bytes end to end (one per dtype)."""
+PACKED_NAMES = "names"
+PACKED_DTYPES = "dtypes"
+PACKED_NDIMS = "ndims"
+PACKED_SHAPES = "shapes"
+LAYOUT = ".layout"
+
+
+def pack_tensors(tensors: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
+    """Tensors as one ``Array`` of raw bytes per dtype and their layout (names, dtypes, shapes).
+
+    Why: a gossip worker's shard (its nodes' models, ~10 MB for 500 nodes of the quickstart MLP) travels in its
+    Flower ``context.state`` at every superstep, and the mail between workers in every message; Flower's own
+    ``ArrayRecord`` of tensors writes and reads each tensor through ``numpy.save``/``numpy.load``, several
+    times the cost of copying the bytes once. :func:`unpack_tensors` is the inverse (bit-exact)."""
+    groups: dict[str, list[str]] = {}
+    for name, t in tensors.items():
+        groups.setdefault(str(t.dtype).removeprefix("torch."), []).append(name)
+    arrays: dict[str, Array] = {}
+    for dtype, names in groups.items():
+        parts = [tensors[n].detach().cpu().contiguous().reshape(-1).numpy() for n in names]
+        data = b"".join(memoryview(a) for a in parts)  # the one copy
+        size = sum(a.size for a in parts)
+        arrays[dtype] = Array(dtype=dtype, shape=(size,), stype=PACKED_STYPE, data=data)
+    layout = ConfigRecord(
+        {
+            PACKED_NAMES: list(tensors),
+            PACKED_DTYPES: [str(t.dtype).removeprefix("torch.") for t in tensors.values()],
+            PACKED_NDIMS: [t.dim() for t in tensors.values()],
+            PACKED_SHAPES: [int(x) for t in tensors.values() for x in t.shape],
+        }
+    )
+    return ArrayRecord(arrays), layout  # type: ignore[arg-type]
+
+
+def unpack_tensors(record: ArrayRecord, layout: ConfigRecord) -> dict[str, torch.Tensor]:
+    """The tensors :func:`pack_tensors` packed, in their order (each one a view of one fresh buffer per dtype)."""
+    import numpy as np
+
+    flat = {
+        dtype: torch.from_numpy(np.frombuffer(a.data, dtype=a.dtype).copy()) for dtype, a in record.items()
+    }
+    pos = dict.fromkeys(flat, 0)
+    shapes, k, out = [int(x) for x in layout[PACKED_SHAPES]], 0, {}  # type: ignore[union-attr]
+    names, dtypes, ndims = layout[PACKED_NAMES], layout[PACKED_DTYPES], layout[PACKED_NDIMS]
+    for name, dtype, ndim in zip(names, dtypes, ndims, strict=True):  # type: ignore[arg-type]
+        shape, k = shapes[k : k + int(ndim)], k + int(ndim)
+        size = math.prod(shape)
+        out[str(name)] = flat[str(dtype)][pos[dtype] : pos[dtype] + size].view(shape)
+        pos[dtype] += size
+    return out
+
+
+def put_packed(records: dict[str, Any], key: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Add ``tensors`` packed to ``records`` (a RecordDict's items) under ``key`` (and ``key + LAYOUT``)."""
+    records[key], records[key + LAYOUT] = pack_tensors(tensors)
+
+
+def get_packed(content: RecordDict, key: str) -> dict[str, torch.Tensor] | None:
+    """The tensors :func:`put_packed` added under ``key`` (None when there are none)."""
+    record = content.array_records.get(key)
+    return None if record is None else unpack_tensors(record, content.config_records[key + LAYOUT])
+
+
+def _encode_mail(mail: Any, config: ConfigRecord, records: dict[str, Any]) -> None:
     config[MAIL_SENDERS] = [int(x) for x in mail.senders]
     config[MAIL_SIZES] = [len(d) for d in mail.dests]
     config[MAIL_DESTS] = [int(x) for d in mail.dests for x in d]
-    return ArrayRecord({k: v.detach().cpu() for k, v in mail.params.items()})
+    put_packed(records, GOSSIP_MAIL, mail.params)
 
 
-def _decode_mail(config: Any, record: ArrayRecord) -> Any:
+def _decode_mail(config: Any, content: RecordDict) -> Any:
     import numpy as np
 
     from fedsim.gossip.shard import Mail
@@ -270,7 +336,7 @@ def _decode_mail(config: Any, record: ArrayRecord) -> Any:
     return Mail(
         np.asarray([int(x) for x in config[MAIL_SENDERS]], dtype=np.int64),
         [flat[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
-        dict(record.to_torch_state_dict()),
+        get_packed(content, GOSSIP_MAIL) or {},
     )
 
 
@@ -304,9 +370,10 @@ def encode_gossip_order(
     inbox = (
         order.inbox if order.inbox is not None else Mail.empty({k: v.unsqueeze(0) for k, v in like.items()})
     )
-    records: dict[str, Any] = {GOSSIP_MAIL: _encode_mail(inbox, config), CONFIG: config}
+    records: dict[str, Any] = {CONFIG: config}
+    _encode_mail(inbox, config, records)
     if restore is not None:
-        records[GOSSIP_RESTORE] = ArrayRecord({k: v.contiguous() for k, v in restore.items()})
+        put_packed(records, GOSSIP_RESTORE, restore)
     return RecordDict(records)
 
 
@@ -325,18 +392,21 @@ def is_gossip_snapshot_request(content: RecordDict) -> bool:
 
 def encode_gossip_snapshot(state: Mapping[str, torch.Tensor]) -> RecordDict:
     """Worker side: the shard's state (``GossipShard.state``)."""
-    return RecordDict({GOSSIP_STATE: ArrayRecord({k: v.contiguous() for k, v in state.items()})})
+    records: dict[str, Any] = {}
+    put_packed(records, GOSSIP_STATE, state)
+    return RecordDict(records)
 
 
 def decode_gossip_snapshot(content: RecordDict) -> dict[str, torch.Tensor]:
     """Server side: the inverse of :func:`encode_gossip_snapshot`."""
-    return dict(content.array_records[GOSSIP_STATE].to_torch_state_dict())
+    state = get_packed(content, GOSSIP_STATE)
+    assert state is not None
+    return state
 
 
 def gossip_restore_state(content: RecordDict) -> dict[str, torch.Tensor] | None:
     """Worker side: the shard state a resumed run's first order hands over (None: keep the node's own)."""
-    record = content.array_records.get(GOSSIP_RESTORE)
-    return None if record is None else dict(record.to_torch_state_dict())
+    return get_packed(content, GOSSIP_RESTORE)
 
 
 def decode_gossip_order(content: RecordDict) -> tuple[dict[str, Any], list[int], Any]:
@@ -351,7 +421,7 @@ def decode_gossip_order(content: RecordDict) -> tuple[dict[str, Any], list[int],
         serve[j], pos = pullers[pos : pos + k], pos + k
     order = WorkOrder(
         b_tick=None if b < 0 else b,
-        inbox=_decode_mail(cfg, content.array_records[GOSSIP_MAIL]),
+        inbox=_decode_mail(cfg, content),
         evaluate=bool(cfg[EVALUATE]),
         a_tick=None if a < 0 else a,
         serve=serve,
@@ -374,9 +444,10 @@ def encode_gossip_report(report: Any, train_s: float) -> RecordDict:
             TRAIN_SECONDS: float(train_s),
         }
     )
-    records: dict[str, Any] = {GOSSIP_MAIL: _encode_mail(report.mail, config), CONFIG: config}
+    records: dict[str, Any] = {CONFIG: config}
+    _encode_mail(report.mail, config, records)
     if report.params is not None:
-        records[GOSSIP_MODELS] = ArrayRecord({k: v.detach().cpu() for k, v in report.params.items()})
+        put_packed(records, GOSSIP_MODELS, report.params)
     return RecordDict(records)
 
 
@@ -387,13 +458,12 @@ def decode_gossip_report(content: RecordDict) -> tuple[Any, float]:
     from fedsim.gossip.supersteps import ShardReport
 
     cfg = content.config_records[CONFIG]
-    models = content.array_records.get(GOSSIP_MODELS)
     report = ShardReport(
-        mail=_decode_mail(cfg, content.array_records[GOSSIP_MAIL]),
+        mail=_decode_mail(cfg, content),
         next_tick=int(cfg[NEXT_TICK]),  # type: ignore[arg-type]
         pull_nodes=np.asarray([int(x) for x in cfg[PULL_NODES]], dtype=np.int64),  # type: ignore[union-attr]
         pull_ticks=np.asarray([int(x) for x in cfg[PULL_TICKS]], dtype=np.int64),  # type: ignore[union-attr]
-        params=None if models is None else dict(models.to_torch_state_dict()),
+        params=get_packed(content, GOSSIP_MODELS),
         losses=[float(x) for x in cfg[LOSSES]],  # type: ignore[union-attr]
         counts=dict(
             zip([str(k) for k in cfg[COUNT_NAMES]], [int(v) for v in cfg[COUNT_VALUES]], strict=True)

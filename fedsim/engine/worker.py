@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -184,6 +185,7 @@ def train_gossip(msg: Message, context: Context) -> Message:
         decode_gossip_order,
         encode_gossip_report,
         encode_gossip_snapshot,
+        get_packed,
         gossip_restore_state,
         is_gossip_snapshot_request,
     )
@@ -191,11 +193,11 @@ def train_gossip(msg: Message, context: Context) -> Message:
 
     start = time.perf_counter()
     if is_gossip_snapshot_request(msg.content):  # a checkpoint: the shard's state, nothing run
-        record = context.state.array_records.get(GOSSIP_STATE)
-        if record is None:
+        saved = get_packed(context.state, GOSSIP_STATE)
+        if saved is None:
             reason = f"node {context.node_id} holds no gossip shard to checkpoint"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
-        return Message(content=encode_gossip_snapshot(dict(record.to_torch_state_dict())), reply_to=msg)
+        return Message(content=encode_gossip_snapshot(saved), reply_to=msg)
     scenario_dict, owned, order = decode_gossip_order(msg.content)
     data, model, _ = _environment(json.dumps(scenario_dict, sort_keys=True))
     restored = gossip_restore_state(msg.content)
@@ -210,24 +212,37 @@ def train_gossip(msg: Message, context: Context) -> Message:
             f"node {context.node_id} lost its gossip nodes' state (a restarted node loses its context.state)"
         )
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    _LIVE_SHARDS.pop((context.run_id, context.node_id), None)  # changed now: no longer what the context holds
     report = execute(shard, order)
     _save_gossip_shard(shard, context)
     return Message(content=encode_gossip_report(report, time.perf_counter() - start), reply_to=msg)
 
 
+_LIVE_SHARDS: dict[tuple[int, int], tuple[str, object]] = {}
+"""(run id, node id) -> (the token of the state this process last saved in that node's ``context.state``, the
+shard it saved). The context is the authority; a shard kept here spares loading it again when the node's next
+message comes to this same process with that same state (always in process, often on Ray, where any actor may
+take any node's message and a restarted one starts empty)."""
+
+
 def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first: bool):
-    """The worker's shard: new at the run's first superstep, else restored from ``context.state`` (None if lost)."""
+    """The worker's shard: new at the run's first superstep, else the one ``context.state`` holds (None if lost):
+    kept live by this process when it saved that very state, else loaded from the context."""
     from fedsim.engine.gossip_network import build_shard
-    from fedsim.engine.messages import GOSSIP_STATE
+    from fedsim.engine.messages import GOSSIP_STATE, GOSSIP_STATE_CONFIG, STATE_TOKEN, get_packed
 
     scenario_json = json.dumps(scenario_dict, sort_keys=True)
-    record = context.state.array_records.get(GOSSIP_STATE)
     if first:
         return build_shard(parse_scenario(scenario_dict, source="<message>"), data, model, owned)
-    if record is None:
+    token = context.state.config_records.get(GOSSIP_STATE_CONFIG, {}).get(STATE_TOKEN)
+    live = _LIVE_SHARDS.get((context.run_id, context.node_id))
+    if token is not None and live is not None and live[0] == token:
+        return live[1]
+    saved = get_packed(context.state, GOSSIP_STATE)
+    if saved is None:
         return None
     shard = _shard_skeleton(scenario_json, tuple(owned))
-    shard.load_state(dict(record.to_torch_state_dict()))  # replaces every piece of state the shard has
+    shard.load_state(saved)  # replaces every piece of state the shard has
     return shard
 
 
@@ -243,8 +258,11 @@ def _shard_skeleton(scenario_json: str, owned: tuple[int, ...]):
 
 
 def _save_gossip_shard(shard, context: Context) -> None:
-    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
 
-    from fedsim.engine.messages import GOSSIP_STATE
+    from fedsim.engine.messages import GOSSIP_STATE, GOSSIP_STATE_CONFIG, LAYOUT, STATE_TOKEN, pack_tensors
 
-    context.state[GOSSIP_STATE] = ArrayRecord({k: v.contiguous() for k, v in shard.state().items()})
+    context.state[GOSSIP_STATE], context.state[GOSSIP_STATE + LAYOUT] = pack_tensors(shard.state())
+    token = uuid.uuid4().hex  # names this saved state (not a simulation draw: results never depend on it)
+    context.state[GOSSIP_STATE_CONFIG] = ConfigRecord({STATE_TOKEN: token})
+    _LIVE_SHARDS[(context.run_id, context.node_id)] = (token, shard)

@@ -182,3 +182,69 @@ def test_the_final_checkpoint_holds_every_node_model():
     for k, v in saved["params"].items():  # the checkpoint's model is the average of the node models
         torch.testing.assert_close(v, models[k].mean(0))
     assert saved["round"] == sc.planned_rounds == 2
+
+
+
+class SwitchingGrid(LocalGrid):
+    """Each gossip message runs in a simulated worker process with its own live shards, as Ray's actors take any
+    node's message: the k-th in process ``process(k)`` (None: a fresh one); the node's ``context.state`` travels
+    pickled, as to and from a Ray actor."""
+
+    def __init__(self, node_ids, process):
+        super().__init__(node_ids)
+        self.process, self.count, self.caches = process, 0, {}
+
+    def deliver(self, msg):
+        import pickle
+
+        from fedsim.engine import worker
+
+        if msg.metadata.message_type == "query.prepare":
+            return super().deliver(msg)
+        node, k = int(msg.metadata.dst_node_id), self.process(self.count)
+        self.count += 1
+        cache = {} if k is None else self.caches.setdefault(k, {})
+        saved, worker._LIVE_SHARDS = worker._LIVE_SHARDS, cache
+        self._contexts[node] = pickle.loads(pickle.dumps(self.context(node)))
+        try:
+            return super().deliver(msg)
+        finally:
+            worker._LIVE_SHARDS = saved
+
+
+@pytest.mark.parametrize(
+    ("process", "loads"),
+    [(lambda k: 0, "none"), (lambda k: 1 if k % 5 in (1, 2) else 0, "some"), (lambda k: (k // 2) % 2, "all")],
+    ids=["one-process", "sometimes-the-other", "swapped-every-superstep"],
+)
+def test_a_shard_kept_live_gives_the_run_of_one_loaded_from_the_context(process, loads, monkeypatch):
+    """A worker process keeps its shard between messages and uses it only when the node's context holds the
+    state that process saved last (else it loads the context's): any mix gives the run of shards always loaded
+    from the context, bit for bit."""
+    from fedsim.gossip.shard import GossipShard
+
+    count = [0]
+    load_state = GossipShard.load_state
+
+    def counted(self, state):
+        count[0] += 1
+        return load_state(self, state)
+
+    monkeypatch.setattr(GossipShard, "load_state", counted)
+    sc = scenario(mode="push-pull", timeout=5)
+    runs = []
+    for grid in (SwitchingGrid([1, 2], lambda k: None), SwitchingGrid([1, 2], process)):
+        rec, saved = MemoryRecorder(), {}
+        rec.save_checkpoint = saved.update
+        count[0] = 0
+        Engine(sc, rec, expected_workers=2).run(grid)
+        runs.append((rec.rows, saved["strategy_state"]["node_models"], count[0], grid.count))
+    (fresh, fresh_models, fresh_loads, messages), (kept, kept_models, kept_loads, _) = runs
+    timings = {"wall_time_s", "round_wall_s", "time_dispatch_s", "time_train_s", "time_aggregate_s", "time_eval_s"}
+    assert [{k: v for k, v in r.items() if k not in timings} for r in fresh] == [
+        {k: v for k, v in r.items() if k not in timings} for r in kept
+    ]
+    assert all(torch.equal(fresh_models[k], kept_models[k]) for k in fresh_models)
+    assert fresh_loads == messages - 2  # every message but the first superstep's two (which build the shards)
+    expected = {"none": kept_loads == 0, "some": 0 < kept_loads < fresh_loads, "all": kept_loads == fresh_loads}
+    assert expected[loads]
