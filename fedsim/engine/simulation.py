@@ -232,9 +232,15 @@ def prompt_message_pickup() -> Iterator[None]:
     there. The replacement does what Flower's does (every node, at most one message per look, the stop event
     checked at least every 0.1 s), but looks again at once after finding a message and is woken by the
     LinkState storing one instead of sleeping a fixed 0.1 s."""
+    import inspect
+
     from flwr.server.superlink.fleet.vce import vce_api
 
-    original = vce_api.add_messages_to_queue
+    original = getattr(vce_api, "add_messages_to_queue", None)
+    expected = ["state", "queue", "nodes_mapping", "f_stop"]
+    if original is None or list(inspect.signature(original).parameters) != expected:
+        yield  # another Flower than the locked one: keep its own loop (slower, still correct)
+        return
     vce_api.add_messages_to_queue = _add_messages_to_queue_on_push
     try:
         yield
