@@ -11,8 +11,11 @@ runs in a fresh process, one after another, on this machine's cores:
   fedsim      ``fedsim.engine.simulation.simulate`` as a user runs it: Ray workers (``engine.workers: auto``, one
               per core), one message per worker per round, clients vectorised. Median of rounds 2..R.
   pfl         pfl-research's own ``FederatedAveraging`` with its PyTorch backend (``PyTorchModel``,
-              ``SimulatedBackend``), one process, torch's default threads; each user's data are the same examples
-              fedsim trains on. Median of rounds 2..R.
+              ``SimulatedBackend``), one process; each user's data are the same examples fedsim trains on.
+              Median of rounds 2..R. One torch thread by default (``--pfl-threads``): with torch's default of
+              one per core every small op is a parallel region, and on a machine shared with other work a
+              descheduled thread stalls each of them (here: 33 s a round at 100 clients/round with 2 threads
+              under load, against 0.4 s at 200 with 1).
   pfl-dist    the same script under ``torchrun --nproc_per_node=<cores>`` (pfl splits each cohort between the
               processes, one torch thread each; pfl's own multi-process mode on one machine).
   floor       the FLOP floor: the round's multiply-adds (forward, and backward without the input's gradient)
@@ -73,6 +76,8 @@ def run_pfl(args: argparse.Namespace) -> dict[str, Any] | None:
     from fedsim.engine.messages import train_config
     from fedsim.engine.setup import build_data
 
+    if args.pfl_threads:
+        torch.set_num_threads(args.pfl_threads)
     sc = _scenario(args, args.rounds)
     data = build_data(sc)  # the same examples and partitions fedsim trains on
     # Every user's (x, y) as torch tensors (pfl's to_tensor then moves nothing): one gather of all the rows,
@@ -201,6 +206,7 @@ def _child(arm: str, args: argparse.Namespace) -> dict[str, Any] | str:
     common += ["--flower-rounds", str(args.flower_rounds)]
     common += ["--population", str(args.population)] if args.population else []
     common += ["--workers", str(args.workers)] if args.workers else []
+    common += ["--pfl-threads", str(args.pfl_threads)]
     script = [str(Path(__file__).resolve()), *common]
     if arm == "pfl-dist":
         procs = str(args.pfl_processes or os.cpu_count() or 1)
@@ -224,6 +230,12 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=None, help="override the population (10 000)")
     parser.add_argument("--workers", type=int, default=None, help="fedsim workers (default: one per core)")
     parser.add_argument("--pfl-processes", type=int, default=None, help="torchrun processes (default: cores)")
+    parser.add_argument(
+        "--pfl-threads",
+        type=int,
+        default=1,
+        help="torch threads of the one-process pfl arm (0: torch's default, one per core)",
+    )
     parser.add_argument("--skip", choices=["fedsim", "pfl", "pfl-dist", "floor"], nargs="*", default=[])
     parser.add_argument("--with-flower", action="store_true", help="also stock Flower (slow)")
     parser.add_argument("--flower-rounds", type=int, default=2, help="stock Flower rounds (slow: keep small)")
@@ -272,7 +284,7 @@ def main() -> None:
     floor = results.get("floor", {}).get("s_per_round")
     labels = {
         "fedsim": f"fedsim ({args.workers or 'auto: one per core'} Ray workers, vectorised)",
-        "pfl": "pfl-research, 1 process",
+        "pfl": f"pfl-research, 1 process, {results.get('pfl', {}).get('torch_threads', '')} torch threads",
         "pfl-dist": f"pfl-research, torchrun {results.get('pfl-dist', {}).get('processes', '')} processes",
         "flower": "stock Flower",
         "floor": "FLOP floor",
