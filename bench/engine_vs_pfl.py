@@ -284,7 +284,7 @@ def main() -> None:
     floor = results.get("floor", {}).get("s_per_round")
     labels = {
         "fedsim": f"fedsim ({args.workers or 'auto: one per core'} Ray workers, vectorised)",
-        "pfl": f"pfl-research, 1 process, {results.get('pfl', {}).get('torch_threads', '')} torch threads",
+        "pfl": f"pfl-research, 1 process, torch threads: {results.get('pfl', {}).get('torch_threads', '')}",
         "pfl-dist": f"pfl-research, torchrun {results.get('pfl-dist', {}).get('processes', '')} processes",
         "flower": "stock Flower",
         "floor": "FLOP floor",
@@ -293,7 +293,7 @@ def main() -> None:
         if arm not in results:
             continue
         s = results[arm]["s_per_round"]
-        faster = f"{s / fs:.2f}×" if fs and arm != "fedsim" else "-"
+        faster = f"{s / fs:.2f}×" if fs and arm not in ("fedsim", "floor") else "-"
         print(
             f"| {labels[arm]} | {s:.3f} | {faster} | {s / floor:.1f}× |"
             if floor
