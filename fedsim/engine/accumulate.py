@@ -12,6 +12,22 @@ from fedsim.privacy.client_level import update_clipper
 from fedsim.protocol import ClientClip, ClientTask, WorkerResult
 
 
+def finite_rows(stacks, k: int, device: torch.device) -> torch.Tensor:
+    """``[k]`` bool: whether row i of every ``[k, ...]`` tensor in ``stacks`` is entirely finite.
+
+    The same as ``isfinite(t).flatten(1).all(1)`` AND-ed over the tensors, in two reads of each tensor and no
+    ``[k, ...]`` temporary: a row's minimum and maximum are both finite exactly when all its values are (an
+    infinity is the row's minimum or maximum; a NaN makes both NaN).
+    """
+    ok = torch.ones(k, dtype=torch.bool, device=device)
+    for t in stacks:
+        if t.numel() == 0:
+            continue
+        rows = t.reshape(k, -1)  # amax and amin separately: ~20× faster on a CPU than aminmax or isfinite
+        ok &= torch.isfinite(rows.amax(1)) & torch.isfinite(rows.amin(1))
+    return ok
+
+
 class CohortAccumulator:
     """Folds finished clients into a :class:`WorkerResult`: Σ n_i (θ_i − θ) in float64, non-finite left out.
 
@@ -113,15 +129,14 @@ class CohortAccumulator:
         if poisoned:  # faults.nonfinite: these clients' updates come back NaN
             rows = torch.tensor(poisoned, device=device)
             deltas = {k: d.index_fill(0, rows, float("nan")) for k, d in deltas.items()}
-        ok = torch.ones(len(cids), dtype=torch.bool, device=device)
-        for d in deltas.values():
-            ok &= torch.isfinite(d).flatten(1).all(1)
-        deltas = {
-            k: torch.where(
-                ok.view(-1, *([1] * (d.dim() - 1))), d, torch.zeros((), dtype=d.dtype, device=device)
-            )
-            for k, d in deltas.items()
-        }
+        ok = finite_rows(deltas.values(), len(cids), device)
+        if not bool(ok.all()):  # zeros for the failed clients: their weight 0 would still carry a NaN (0·NaN)
+            deltas = {
+                k: torch.where(
+                    ok.view(-1, *([1] * (d.dim() - 1))), d, torch.zeros((), dtype=d.dtype, device=device)
+                )
+                for k, d in deltas.items()
+            }
         if self.clip is not None:
             deltas, norms = self._clipped(deltas, 1)
             base = [1.0] * len(cids)

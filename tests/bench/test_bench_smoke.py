@@ -51,3 +51,18 @@ def test_every_shipped_scenario_validates():
 
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
         check_before_run(load_scenario(path))
+
+
+def test_engine_vs_pfl_floor_arm_and_pfl_skipped_or_run(tmp_path):
+    out = tmp_path / "r.json"
+    args = ["--population", "40", "--clients-per-round", "8", "--rounds", "2", "--skip", "fedsim", "pfl-dist"]
+    proc = bench("engine_vs_pfl.py", *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["floor"]["flops"] == 8 * 4 * (2 * 8 * (784 * 64 + 64 * 10) * 3 - 2 * 8 * 784 * 64)
+    assert result["floor"]["s_per_round"] > 0
+    if result["env"]["pfl"] is None:  # pfl is optional: one line says it was skipped
+        assert "pfl: skipped, pfl is not installed" in proc.stdout
+    else:
+        assert result["pfl"]["s_per_round"] > 0 and result["pfl"]["processes"] == 1
+    assert "| FLOP floor |" in proc.stdout
