@@ -112,7 +112,7 @@ def run(
             return
         sc, source = point.scenario, str(resume / "scenario.yaml")
     elif scenario is None:
-        raise ConfigError("SCENARIO", "a scenario file, or --resume RUN_DIR", None)
+        raise ConfigError("SCENARIO", "a scenario file, or --resume RUN_DIR to continue a stopped run")
     else:
         from fedsim.scenario import load_scenario
 
@@ -142,11 +142,15 @@ def _resume_point(
     for option, given in (("--output", output is not None), ("--rounds", rounds is not None),
                           ("--no-privacy", no_privacy)):  # fmt: skip
         if given:
-            raise ConfigError(option, "left out with --resume (a run continues under the settings it started with)", None)
+            raise ConfigError(
+                option, "left out with --resume (a run continues under the settings it started with)"
+            )
     named = load_scenario(scenario) if scenario is not None else None
     point = find_resume_point(run_dir, scenario=named)
     if point.finished:
-        typer.echo(f"fedsim: {run_dir} finished at step {point.step}: nothing to resume (its results are there).")
+        typer.echo(
+            f"fedsim: {run_dir} finished at step {point.step}: nothing to resume (its results are there)."
+        )
         return None
     return point
 
@@ -156,7 +160,9 @@ def stopped_line(exc: RunStopped) -> str:
     import shlex
 
     if exc.checkpoint is None:
-        return f"fedsim: stopped by {exc.signal_name} before the first step; nothing to resume (run it again)."
+        return (
+            f"fedsim: stopped by {exc.signal_name} before the first step; nothing to resume (run it again)."
+        )
     run_dir = exc.checkpoint.parent.parent
     return (
         f"fedsim: stopped by {exc.signal_name} after step {exc.step}; checkpoint written. "
@@ -197,7 +203,9 @@ def privacy(
             "privacy", "set in the scenario to get a privacy report (it is null)", None, source=str(scenario)
         )
 
-    def cached_data() -> object:  # the machine's data cache (and torch): only when the sizes need the examples
+    def cached_data() -> (
+        object
+    ):  # the machine's data cache (and torch): only when the sizes need the examples
         from fedsim.engine.setup import build_data
 
         return build_data(sc)
