@@ -10,9 +10,9 @@ from fedsim.faults import nonfinite_clients, nonfinite_draw, straggler_count, st
 from fedsim.randomness import COORDINATES, Stream, entropy
 
 
-def test_the_fault_streams_are_new_tags_at_the_end_with_their_coordinates():
+def test_the_fault_streams_are_new_tags_with_their_coordinates():
     assert (Stream.FAULT_NONFINITE, Stream.STRAGGLER, Stream.GOSSIP_NONFINITE) == (16, 17, 18)
-    assert max(Stream) == Stream.GOSSIP_NONFINITE
+    assert sorted(s.value for s in Stream) == list(range(1, len(Stream) + 1))  # appended: no tag reused or skipped
     assert COORDINATES[Stream.FAULT_NONFINITE] == ("round", "cid")
     assert COORDINATES[Stream.STRAGGLER] == ()
     assert COORDINATES[Stream.GOSSIP_NONFINITE] == ("node", "event", "lane")
