@@ -23,6 +23,15 @@ privacy: {{level: sample, clip: 1.0, noise_multiplier: 1.2, accountants: [rdp]}}
 """
 
 
+def loader_arguments(sc) -> dict:
+    """``load_federated_data``'s arguments for a scenario (the full build: the oracle)."""
+    d = sc.data
+    return dict(
+        dataset=d.dataset, args=d.args, partitioner=d.partitioner, partitioner_args=d.partitioner_args,
+        test_fraction=d.test_fraction, num_clients=sc.population.clients, seed=sc.seed,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "dataset, args, partitioner",
     [
@@ -38,16 +47,7 @@ def test_sample_level_plan_builds_no_examples_and_matches_the_full_build(
     path = tmp_path / "s.yaml"
     path.write_text(SCENARIO.format(dataset=dataset, args=args, partitioner=partitioner, clients=40))
     sc = load_scenario(path, check_names=False)
-    d = sc.data
-    full = load_federated_data(
-        dataset=d.dataset,
-        args=d.args,
-        partitioner=d.partitioner,
-        partitioner_args=d.partitioner_args,
-        test_fraction=d.test_fraction,
-        num_clients=sc.population.clients,
-        seed=sc.seed,
-    ).partitions.sizes()
+    full = load_federated_data(**loader_arguments(sc)).partitions.sizes()
     expected = plan_from_scenario(sc, client_sizes=[int(n) for n in full])
 
     def boom(*args, **kwargs):
@@ -65,16 +65,7 @@ def test_sizes_that_need_the_examples_come_from_the_caller_s_build_else_the_load
     path = tmp_path / "s.yaml"
     path.write_text(SCENARIO.format(dataset="digits", args="{}", partitioner="dirichlet", clients=10))
     sc = load_scenario(path, check_names=False)
-    d = sc.data
-    kwargs = dict(
-        dataset=d.dataset,
-        args=d.args,
-        partitioner=d.partitioner,
-        partitioner_args=d.partitioner_args,
-        test_fraction=d.test_fraction,
-        num_clients=sc.population.clients,
-        seed=sc.seed,
-    )
+    kwargs = loader_arguments(sc)
     full = load_federated_data(**kwargs)
     expected = plan_from_scenario(sc, client_sizes=[int(n) for n in full.partitions.sizes()])
     built = []
