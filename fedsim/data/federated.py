@@ -361,13 +361,22 @@ def load_federated_data(
     return FederatedData(
         train_x=torch.from_numpy(np.ascontiguousarray(split.train_x, dtype=np.float32)),
         train_y=torch.from_numpy(np.ascontiguousarray(split.train_y, dtype=y_dtype)),
-        test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
-        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
+        **_test_tensors(split, y_dtype),
         partitions=partitions,
         num_classes=int(split.num_classes),
         input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
         task=split.task,
     )
+
+
+def _test_tensors(split: Any, y_dtype: Any) -> dict[str, Any]:
+    """The central test set of a split as contiguous tensors (features float32, targets ``y_dtype``)."""
+    import torch
+
+    return {
+        "test_x": torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
+        "test_y": torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
+    }
 
 
 def _client_drawn(split: Any, dataset: str, partitioner: str, regression: bool) -> LazyFederatedData:
@@ -380,12 +389,10 @@ def _client_drawn(split: Any, dataset: str, partitioner: str, regression: bool) 
             "own draw)",
             partitioner,
         )
-    import torch
 
     y_dtype = np.float32 if regression else np.int64
     return LazyFederatedData(
-        test_x=torch.from_numpy(np.ascontiguousarray(split.test_x, dtype=np.float32)),
-        test_y=torch.from_numpy(np.ascontiguousarray(split.test_y, dtype=y_dtype)),
+        **_test_tensors(split, y_dtype),
         source=source,
         num_classes=int(split.num_classes),
         input_shape=tuple(int(d) for d in split.train_x.shape[1:]),
