@@ -12,6 +12,32 @@ from fedsim.privacy.client_level import update_clipper
 from fedsim.protocol import ClientClip, ClientTask, WorkerResult
 
 
+def client_rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A ``[k, ...]`` stack as ``[k, P]`` rows, and the order of ``t``'s dimensions the rows' values follow.
+
+    Without a copy whenever each client's values fill one block of memory in some order of the inner dimensions
+    (a contiguous stack, or one laid out as its gradients, e.g. a transposed weight stack): row i then holds
+    client i's values in memory order, and ``rows[i].view(t.permute(order).shape[1:]).permute(inverse)`` is
+    ``t[i]``. Otherwise the rows are a contiguous copy in index order.
+    """
+    k = t.shape[0]
+    if t.dim() > 2:
+        order = (0, *sorted(range(1, t.dim()), key=lambda d: -t.stride(d)))
+        permuted = t.permute(order)
+        if permuted.is_contiguous():
+            return permuted.view(k, -1), order
+    return t.reshape(k, -1), tuple(range(t.dim()))
+
+
+def weighted_row_sum(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``Σ_i weights[i] · t[i]`` for a ``[k, ...]`` stack, one matrix-vector product over the stack's memory
+    (no copy of a stack laid out as its gradients, see :func:`client_rows`)."""
+    rows, order = client_rows(t)
+    summed = (weights.to(t.dtype) @ rows).view([t.shape[d] for d in order[1:]])
+    inverse = sorted(range(len(order) - 1), key=lambda j: order[j + 1])
+    return summed.permute(inverse)
+
+
 def finite_rows(stacks, k: int, device: torch.device) -> torch.Tensor:
     """``[k]`` bool: whether row i of every ``[k, ...]`` tensor in ``stacks`` is entirely finite.
 
@@ -23,7 +49,7 @@ def finite_rows(stacks, k: int, device: torch.device) -> torch.Tensor:
     for t in stacks:
         if t.numel() == 0:
             continue
-        rows = t.reshape(k, -1)  # amax and amin separately: ~20× faster on a CPU than aminmax or isfinite
+        rows = client_rows(t)[0]  # amax and amin separately: ~20× faster on a CPU than aminmax or isfinite
         ok &= torch.isfinite(rows.amax(1)) & torch.isfinite(rows.amin(1))
     return ok
 
@@ -118,13 +144,16 @@ class CohortAccumulator:
         num_examples: Sequence[int],
         mean_losses: Sequence[float],
         stats: Mapping[str, Sequence[float]] | None = None,
+        in_place: bool = False,
     ) -> None:
-        """Add K clients whose new parameters are stacked ``[K, ...]`` (on any device); ``stats``: a list of K
-        diagnostics per name."""
+        """Add K clients whose new parameters are stacked ``[K, ...]`` (on any device, in any dense layout);
+        ``stats``: a list of K diagnostics per name. With ``in_place`` the stacks are the caller's to overwrite
+        (the updates are computed in their memory)."""
         device = next(iter(stacked.values())).device
-        deltas = {
-            k: stacked[k] - self.theta[k].to(device=device, dtype=stacked[k].dtype) for k in self.float_keys
-        }
+        deltas = {}
+        for k in self.float_keys:
+            theta = self.theta[k].to(device=device, dtype=stacked[k].dtype)
+            deltas[k] = stacked[k].sub_(theta) if in_place else stacked[k] - theta
         poisoned = [i for i, c in enumerate(cids) if c in self.nonfinite]
         if poisoned:  # faults.nonfinite: these clients' updates come back NaN
             rows = torch.tensor(poisoned, device=device)
@@ -146,7 +175,7 @@ class CohortAccumulator:
         chosen = [self._weight(c, b) for c, b in zip(cids, base, strict=True)]
         weights = torch.tensor(chosen, dtype=torch.float64, device=device) * ok
         for k, d in deltas.items():
-            self.delta_sum[k] += torch.tensordot(weights.to(d.dtype), d, dims=1).double().cpu()
+            self.delta_sum[k] += weighted_row_sum(weights, d).double().cpu()
         grouped = [i for i, c in enumerate(cids) if c in self.groups]
         if grouped:  # one pass over the stack: each client's weighted update added to its group's row
             groups = sorted({self.groups[cids[i]] for i in grouped})

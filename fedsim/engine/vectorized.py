@@ -150,13 +150,17 @@ def train_chunk(
     """Train K clients together for ``rows.shape[1]`` steps; return stacked final params and mean losses.
 
     ``rows``/``mask`` come from :func:`batch_plan`; ``train_x``/``train_y`` are the pooled training tensors on
-    the model's device.
+    the model's device. The returned stacks are fresh memory in their gradients' layout (see
+    :func:`_laid_out_like`; the caller may overwrite them). The first step reads the global parameters
+    broadcast (no copy per client); its update creates the stack. When the optimizer ends in a constant scale (the
+    learning rate of SGD, Adam, ...), that scale is folded into the in-place addition (``trailing_scale``).
     """
     device = train_x.device
     k, steps = rows.shape[0], rows.shape[1]
     rows, mask = rows.to(device), mask.to(device)
-    params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape).clone() for name, t in theta.items()}
+    params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape) for name, t in theta.items()}
     tx = optimizer_chain(model, cfg)
+    head, factor = tx.trailing_scale or (tx, 1.0)
     state = None
     grads_and_losses = _stacked_grads(model)  # one forward/backward per step for the chunk
     loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
@@ -164,21 +168,22 @@ def train_chunk(
     for step in range(steps):
         r, m = rows[:, step], mask[:, step]
         grads, losses = grads_and_losses(params, train_x[r], train_y[r], m)
-        if state is None:  # the stack takes its gradients' memory layout once, before the optimizer sees it
+        if state is None:  # the stack takes its gradients' memory layout, before the optimizer sees it
             params = _laid_out_like(params, grads)
-            state = tx.init(params)
-        updates, state = tx.update(grads, state, params)
+            state = head.init(params)
+        updates, state = head.update(grads, state, params)
         with torch.no_grad():  # in place: the stack is ours, and fresh large allocations cost page faults
             for name, u in updates.items():
-                params[name].add_(u.to(params[name].dtype))
+                params[name].add_(u.to(params[name].dtype), alpha=factor)
         loss_sum += losses.double() * counts[:, step]
-    return {name: p.contiguous() for name, p in params.items()}, loss_sum / mask.sum((1, 2)).double()
+    return params, loss_sum / mask.sum((1, 2)).double()
 
 
 def _laid_out_like(
     params: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """``params`` with each tensor's memory layout that of its gradient (same values).
+    """``params`` (stacks, or one client's parameters broadcast) copied into fresh stacks with each tensor's
+    memory layout that of its gradient (same values).
 
     A stacked linear layer's weight gradient comes out of the batched backward matmul transposed (strides
     ``(o·i, 1, o)`` for a ``[K, o, i]`` weight). Adding a transposed update to a contiguous stack is a strided
@@ -189,10 +194,8 @@ def _laid_out_like(
     out = {}
     for name, p in params.items():
         g = grads[name]
-        if p.stride() == g.stride() or not _dense(g):
-            out[name] = p
-        else:
-            out[name] = torch.empty_like(g, dtype=p.dtype).copy_(p)
+        like = g if _dense(g) else torch.empty(g.shape, dtype=g.dtype, device=g.device)
+        out[name] = torch.empty_like(like, dtype=p.dtype).copy_(p)
     return out
 
 
@@ -363,5 +366,6 @@ def train_cohort_vectorized(
                 [data.num_examples(t.cid) for t in part],
                 losses.tolist(),
                 stats,
+                in_place=True,  # the trainers return fresh stacks
             )
     return acc.finish(order=[t.cid for t in tasks])

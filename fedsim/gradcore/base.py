@@ -68,6 +68,12 @@ class GradientTransformation(NamedTuple):
 
     init: TransformInitFn
     update: TransformUpdateFn
+    trailing_scale: tuple[GradientTransformation, float] | None = None
+    """``(head, factor)`` when this transform is ``head`` followed by a multiplication by the constant ``factor``
+    (``scale``, and a ``chain`` ending in one); else None. ``head``'s state has the same structure as this
+    transform's, so either can step it. A caller that adds the updates to parameters in place may apply ``head`` and
+    fold the factor into the addition (``p.add_(u, alpha=factor)``): one pass over memory fewer per step, equal to
+    ``apply_updates`` up to the rounding of one multiply-add."""
 
 
 class EmptyState(NamedTuple):
@@ -176,7 +182,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_states.append(inner)
         return out, ChainState(tuple(new_states))
 
-    return GradientTransformation(init, update)
+    last = transforms[-1].trailing_scale if transforms else None
+    split = None if last is None else (chain(*transforms[:-1], last[0]), last[1])
+    return GradientTransformation(init, update, split)
 
 
 def apply_updates(params: Params, updates: Updates) -> dict[str, torch.Tensor]:

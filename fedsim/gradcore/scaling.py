@@ -20,6 +20,7 @@ from fedsim.gradcore.base import (
     Schedule,
     Updates,
     expand_left,
+    identity,
     init_count,
     stateless,
     tree_map,
@@ -38,7 +39,8 @@ def scale(factor: float) -> GradientTransformation:
     References:
         Babuschkin et al., "The DeepMind JAX Ecosystem" (optax ``scale``), 2020.
     """
-    return stateless(lambda updates, params: tree_map(lambda u: u * factor, updates))
+    plain = stateless(lambda updates, params: tree_map(lambda u: u * factor, updates))
+    return plain._replace(trailing_scale=(identity(), float(factor)))
 
 
 def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
