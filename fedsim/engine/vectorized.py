@@ -34,6 +34,7 @@ from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
 from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.memory import chunk_size, client_footprint_bytes, optimizer_slots
+from fedsim.engine.stacked_layers import stacked_forward
 from fedsim.gradcore import GradientTransformation
 from fedsim.protocol import ClientTask, TrainConfig, WorkerResult
 
@@ -118,12 +119,13 @@ def batch_plan(
 
 
 def _stacked_grads(model: nn.Module):
-    """``(params, x, y, mask) -> (grads, losses)`` for K stacked clients: the forward pass vmapped over clients,
-    the backward pass plain autograd of the sum of the clients' masked mean losses (separable, so row k of each
-    gradient is client k's). ``vmap(grad_and_value(loss))`` computes the same to float rounding (a batched GEMM
+    """``(params, x, y, mask) -> (grads, losses)`` for K stacked clients: the forward pass in stacked kernels
+    (:func:`~fedsim.engine.stacked_layers.stacked_forward`; other models vmapped over clients), the backward
+    pass plain autograd of the sum of the clients' masked mean losses (separable, so row k of each gradient is
+    client k's). ``vmap(grad_and_value(loss))`` computes the same to float rounding (a batched GEMM
     may sum in another order) but is slower per step (functorch's wrapping layers), and ``torch.func.grad``
     imports ``torch._dynamo`` (~1 s of start-up)."""
-    forward = vmap(lambda p, x: functional_call(model, p, (x,)))
+    forward = stacked_forward(model) or vmap(lambda p, x: functional_call(model, p, (x,)))
 
     def grads_and_losses(params, x, y, mask):
         leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
