@@ -10,6 +10,10 @@ for anything else (the caller then uses ``vmap``), so the result is always the m
 
 Inputs are ``[K, B, *example_shape]``, outputs ``[K, B, *out_shape]``; parameters are the model's names mapped to
 stacks ``[K, *shape]``.
+
+With ``taps`` (a list) every linear layer also records ``(weight name, input [K, N, in], output [K, N, out])``:
+the gradient of its weight is ``output.grad^T @ input`` per client, which a trainer of plain SGD can add to the
+weights directly (``baddbmm_``) instead of having autograd materialise it first.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from torch import nn
 
 from fedsim.models.layers import Reshape
 
-StackedForward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
-Layer = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
+Tap = tuple[str, torch.Tensor, torch.Tensor]
+Taps = list[Tap] | None
+StackedForward = Callable[[Mapping[str, torch.Tensor], torch.Tensor, Taps], torch.Tensor]
+Layer = Callable[[Mapping[str, torch.Tensor], torch.Tensor, Taps], torch.Tensor]
 
 ELEMENTWISE = (
     nn.ReLU,
@@ -59,15 +65,21 @@ PER_EXAMPLE = (
 """Parameter-free layers that act on each example alone: applied with the clients folded into the batch."""
 
 
+def linear_weights(model: nn.Module) -> list[str]:
+    """The names of the weights of ``model``'s ``nn.Linear`` layers (what ``taps`` records)."""
+    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules() if type(m) is nn.Linear]
+
+
 def stacked_forward(model: nn.Module) -> StackedForward | None:
-    """``(params, x) -> model outputs`` for K stacked clients, or None when a layer has no stacked form here."""
+    """``(params, x, taps=None) -> model outputs`` for K stacked clients, or None when a layer has no stacked
+    form here."""
     layers = _translate(model, "")
     if layers is None:
         return None
 
-    def forward(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, taps: Taps = None) -> torch.Tensor:
         for layer in layers:
-            x = layer(params, x)
+            x = layer(params, x, taps)
         return x
 
     return forward
@@ -90,17 +102,17 @@ def _layer(m: nn.Module, prefix: str) -> Layer | None:
     """One module's stacked form, or None. Only exact classes are translated (a subclass may override forward)."""
     kind = type(m)
     if kind in ELEMENTWISE:
-        return lambda params, x: m(x)
+        return lambda params, x, taps: m(x)
     if kind in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout) and m.p == 0:
-        return lambda params, x: x
+        return lambda params, x, taps: x
     if kind in PER_EXAMPLE:
-        return lambda params, x: _per_example(m, x)
+        return lambda params, x, taps: _per_example(m, x)
     if kind is nn.Flatten:
         start, end = m.start_dim, m.end_dim
-        return lambda params, x: x.flatten(_shift(start, x), _shift(end, x))
+        return lambda params, x, taps: x.flatten(_shift(start, x), _shift(end, x))
     if kind is Reshape:
         shape = tuple(m.shape)
-        return lambda params, x: x.reshape(x.shape[0], x.shape[1], *shape)
+        return lambda params, x, taps: x.reshape(x.shape[0], x.shape[1], *shape)
     if kind is nn.Linear:
         return _linear(prefix, m.bias is not None)
     if kind in (nn.Conv1d, nn.Conv2d) and m.padding_mode == "zeros":
@@ -122,13 +134,17 @@ def _per_example(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _linear(prefix: str, has_bias: bool) -> Layer:
     w_name, b_name = f"{prefix}weight", f"{prefix}bias"
 
-    def linear(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def linear(params: Mapping[str, torch.Tensor], x: torch.Tensor, taps: Taps) -> torch.Tensor:
         w = params[w_name]  # [K, out, in]
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [K, B·..., in]
         if has_bias:
             y = torch.baddbmm(params[b_name].unsqueeze(1), flat, w.transpose(1, 2))
         else:
             y = torch.bmm(flat, w.transpose(1, 2))
+        if taps is not None:
+            if not y.requires_grad:  # nothing before it needs a gradient: its own output still does
+                y.requires_grad_(True)
+            taps.append((w_name, flat, y))
         return y.reshape(*x.shape[:-1], w.shape[1])
 
     return linear
@@ -141,7 +157,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, prefix: str) -> Layer:
     stride, padding, dilation, groups = m.stride, m.padding, m.dilation, m.groups
     has_bias = m.bias is not None
 
-    def forward(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, taps: Taps) -> torch.Tensor:
         w = params[w_name]  # [K, out, in/groups, *kernel]
         k, b = x.shape[0], x.shape[1]
         folded = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])  # [B, K·C, *spatial]

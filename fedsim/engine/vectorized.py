@@ -34,8 +34,8 @@ from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
 from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.memory import chunk_size, client_footprint_bytes, optimizer_slots
-from fedsim.engine.stacked_layers import stacked_forward
-from fedsim.gradcore import GradientTransformation
+from fedsim.engine.stacked_layers import linear_weights, stacked_forward
+from fedsim.gradcore import GradientTransformation, is_identity
 from fedsim.protocol import ClientTask, TrainConfig, WorkerResult
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -118,24 +118,36 @@ def batch_plan(
     return rows.view(k, steps, bsz), mask.view(k, steps, bsz)
 
 
-def _stacked_grads(model: nn.Module):
-    """``(params, x, y, mask) -> (grads, losses)`` for K stacked clients: the forward pass in stacked kernels
-    (:func:`~fedsim.engine.stacked_layers.stacked_forward`; other models vmapped over clients), the backward
-    pass plain autograd of the sum of the clients' masked mean losses (separable, so row k of each gradient is
-    client k's). ``vmap(grad_and_value(loss))`` computes the same to float rounding (a batched GEMM
+def _stacked_grads(model: nn.Module, direct: frozenset[str] = frozenset()):
+    """``(params, x, y, mask) -> (grads, losses, taps)`` for K stacked clients: the forward pass in stacked
+    kernels (:func:`~fedsim.engine.stacked_layers.stacked_forward`; other models vmapped over clients), the
+    backward pass plain autograd of the sum of the clients' masked mean losses (separable, so row k of each
+    gradient is client k's). ``vmap(grad_and_value(loss))`` computes the same to float rounding (a batched GEMM
     may sum in another order) but is slower per step (functorch's wrapping layers), and ``torch.func.grad``
-    imports ``torch._dynamo`` (~1 s of start-up)."""
-    forward = stacked_forward(model) or vmap(lambda p, x: functional_call(model, p, (x,)))
+    imports ``torch._dynamo`` (~1 s of start-up).
+
+    ``direct`` (linear weights, stacked models only): no gradient is materialised for these; ``taps`` holds
+    ``(name, input, output gradient)`` per linear layer instead, whose product is the weight's gradient."""
+    stacked = stacked_forward(model)
+    if stacked is None:
+        vmapped = vmap(lambda p, x: functional_call(model, p, (x,)))
+        forward = lambda p, x, taps: vmapped(p, x)  # noqa: E731
+    else:
+        forward = stacked
 
     def grads_and_losses(params, x, y, mask):
-        leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
-        logits = forward(leaves, x)
+        leaves = {name: t if name in direct else t.detach().requires_grad_(True) for name, t in params.items()}
+        taps: list | None = [] if direct else None
+        logits = forward(leaves, x, taps)
         per_example = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
         losses = (per_example.view(mask.shape) * mask).sum(1) / mask.sum(1)
+        wanted = [n for n in leaves if n not in direct]
+        outputs = [out for _, _, out in taps or ()]
         grads = torch.autograd.grad(
-            losses.sum(), list(leaves.values()), allow_unused=True, materialize_grads=True
+            losses.sum(), [leaves[n] for n in wanted] + outputs, allow_unused=True, materialize_grads=True
         )  # an unused parameter gets zeros, as under ``torch.func.grad``
-        return dict(zip(leaves, grads, strict=True)), losses.detach()
+        tapped = [(name, inp, g) for (name, inp, _), g in zip(taps or (), grads[len(wanted) :], strict=True)]
+        return dict(zip(wanted, grads[: len(wanted)], strict=True)), losses.detach(), tapped
 
     return grads_and_losses
 
@@ -163,29 +175,41 @@ def train_chunk(
     params = {name: t.to(device).unsqueeze(0).expand(k, *t.shape) for name, t in theta.items()}
     tx = optimizer_chain(model, cfg)
     head, factor = tx.trailing_scale or (tx, 1.0)
+    direct = frozenset()
+    if is_identity(head) and stacked_forward(model) is not None:  # plain SGD: weights take x^T·dY directly
+        direct = frozenset(linear_weights(model)) & set(params)
     state = None
-    grads_and_losses = _stacked_grads(model)  # one forward/backward per step for the chunk
+    grads_and_losses = _stacked_grads(model, direct)  # one forward/backward per step for the chunk
     loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
     counts = mask.sum(2).double()  # [K, steps]: examples per client and step
     for step in range(steps):
         r, m = rows[:, step], mask[:, step]
-        grads, losses = grads_and_losses(params, train_x[r], train_y[r], m)
+        grads, losses, taps = grads_and_losses(params, train_x[r], train_y[r], m)
         if state is None:  # the stack takes its gradients' memory layout, before the optimizer sees it
-            params = _laid_out_like(params, grads)
-            state = head.init(params)
-        updates, state = head.update(grads, state, params)
+            params = _laid_out_like(params, grads) | {name: _direct_stack(params[name]) for name in direct}
+            state = head.init({name: params[name] for name in grads})
+        updates, state = head.update(grads, state, {name: params[name] for name in grads})
         with torch.no_grad():  # in place: the stack is ours, and fresh large allocations cost page faults
             for name, u in updates.items():
                 params[name].add_(u.to(params[name].dtype), alpha=factor)
+            for name, inputs, out_grad in taps:  # W += factor · dYᵀ·X, written into W's [K, in, out] memory
+                params[name].transpose(1, 2).baddbmm_(inputs.transpose(1, 2), out_grad, alpha=factor)
         loss_sum += losses.double() * counts[:, step]
     return params, loss_sum / mask.sum((1, 2)).double()
+
+
+def _direct_stack(broadcast: torch.Tensor) -> torch.Tensor:
+    """A fresh ``[K, out, in]`` stack of a linear weight stored as ``[K, in, out]`` (what the forward matmul reads,
+    and what the in-place ``baddbmm_`` of the direct SGD update writes contiguously)."""
+    k, o, i = broadcast.shape
+    return torch.empty(k, i, o, dtype=broadcast.dtype, device=broadcast.device).transpose(1, 2).copy_(broadcast)
 
 
 def _laid_out_like(
     params: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """``params`` (stacks, or one client's parameters broadcast) copied into fresh stacks with each tensor's
-    memory layout that of its gradient (same values).
+    """``params`` named in ``grads`` (stacks, or one client's parameters broadcast) copied into fresh stacks with
+    each tensor's memory layout that of its gradient (same values).
 
     A stacked linear layer's weight gradient comes out of the batched backward matmul transposed (strides
     ``(o·i, 1, o)`` for a ``[K, o, i]`` weight). Adding a transposed update to a contiguous stack is a strided
@@ -194,8 +218,8 @@ def _laid_out_like(
     untransposed). The result is the same to float rounding: the forward matmul's kernel sums in another order.
     """
     out = {}
-    for name, p in params.items():
-        g = grads[name]
+    for name, g in grads.items():
+        p = params[name]
         like = g if _dense(g) else torch.empty(g.shape, dtype=g.dtype, device=g.device)
         out[name] = torch.empty_like(like, dtype=p.dtype).copy_(p)
     return out

@@ -18,6 +18,7 @@ from fedsim.gradcore.base import (
     apply_updates,
     chain,
     identity,
+    is_identity,
     stateless,
     tree_map,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "clip_per_layer",
     "global_norm",
     "identity",
+    "is_identity",
     "masked",
     "normalize_layers",
     "param_roles",

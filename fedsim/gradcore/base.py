@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
@@ -124,7 +125,7 @@ def identity() -> GradientTransformation:
     """The stateless transform that returns the updates unchanged (as a new dict).
 
     Returns:
-        A ``GradientTransformation``.
+        A ``GradientTransformation`` (:func:`is_identity` says so of it, and of a chain of identities).
     """
 
     def init(params: Params) -> EmptyState:
@@ -137,7 +138,18 @@ def identity() -> GradientTransformation:
         del params
         return dict(updates), state
 
+    _IDENTITY_UPDATES.add(update)
     return GradientTransformation(init, update)
+
+
+_IDENTITY_UPDATES: weakref.WeakSet = weakref.WeakSet()
+"""The ``update`` functions of :func:`identity` transforms and of chains made only of them (pure functions)."""
+
+
+def is_identity(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` leaves every update as it is (``identity()``, or a chain of them): e.g. plain SGD's head
+    once its learning rate is split off (``trailing_scale``), which lets a trainer apply gradients directly."""
+    return tx.update in _IDENTITY_UPDATES
 
 
 def stateless(fn: Callable[[Updates, Params | None], dict[str, torch.Tensor]]) -> GradientTransformation:
@@ -184,6 +196,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     last = transforms[-1].trailing_scale if transforms else None
     split = None if last is None else (chain(*transforms[:-1], last[0]), last[1])
+    if transforms and all(is_identity(t) for t in transforms):
+        _IDENTITY_UPDATES.add(update)
     return GradientTransformation(init, update, split)
 
 

@@ -69,3 +69,16 @@ def test_a_scheduled_or_inner_scale_is_not_a_trailing_one() -> None:
     u = {"w": torch.ones(2)}
     out, _ = head.update(u, head.init(u), u)
     assert torch.equal(out["w"], torch.full((2,), 2.0))  # the inner scale stays in the head
+
+
+def test_is_identity_marks_exactly_the_transforms_that_change_nothing() -> None:
+    _, roles = _stacked_model()
+    head = optimizers.make_chain("sgd", roles, batch_dims=1, lr=0.1).trailing_scale[0]
+    assert gradcore.is_identity(head)  # plain SGD: its gradients are its steps, up to the learning rate
+    for name, args in [("sgd", {"momentum": 0.9}), ("sgd", {"weight_decay": 0.1}), ("adam", {})]:
+        head = optimizers.make_chain(name, roles, batch_dims=1, **args).trailing_scale[0]
+        assert not gradcore.is_identity(head), (name, args)
+    assert gradcore.is_identity(gradcore.identity())
+    assert gradcore.is_identity(gradcore.chain(gradcore.identity(), gradcore.chain(gradcore.identity())))
+    assert not gradcore.is_identity(gradcore.chain())
+    assert not gradcore.is_identity(gradcore.scale(1.0))
