@@ -6,36 +6,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from fedsim.engine.stacks import client_rows, subtract_from_rows, weighted_row_sum
 from fedsim.gradcore import global_norm
 from fedsim.gradcore.dp import normalize_layers
 from fedsim.privacy.client_level import update_clipper
 from fedsim.protocol import ClientClip, ClientTask, WorkerResult
-
-
-def client_rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """A ``[k, ...]`` stack as ``[k, P]`` rows, and the order of ``t``'s dimensions the rows' values follow.
-
-    Without a copy whenever each client's values fill one block of memory in some order of the inner dimensions
-    (a contiguous stack, or one laid out as its gradients, e.g. a transposed weight stack): row i then holds
-    client i's values in memory order, and ``rows[i].view(t.permute(order).shape[1:]).permute(inverse)`` is
-    ``t[i]``. Otherwise the rows are a contiguous copy in index order.
-    """
-    k = t.shape[0]
-    if t.dim() > 2:
-        order = (0, *sorted(range(1, t.dim()), key=lambda d: -t.stride(d)))
-        permuted = t.permute(order)
-        if permuted.is_contiguous():
-            return permuted.view(k, -1), order
-    return t.reshape(k, -1), tuple(range(t.dim()))
-
-
-def weighted_row_sum(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``Σ_i weights[i] · t[i]`` for a ``[k, ...]`` stack, one matrix-vector product over the stack's memory
-    (no copy of a stack laid out as its gradients, see :func:`client_rows`)."""
-    rows, order = client_rows(t)
-    summed = (weights.to(t.dtype) @ rows).view([t.shape[d] for d in order[1:]])
-    inverse = sorted(range(len(order) - 1), key=lambda j: order[j + 1])
-    return summed.permute(inverse)
 
 
 def finite_rows(stacks, k: int, device: torch.device) -> torch.Tensor:
@@ -153,7 +128,7 @@ class CohortAccumulator:
         deltas = {}
         for k in self.float_keys:
             theta = self.theta[k].to(device=device, dtype=stacked[k].dtype)
-            deltas[k] = stacked[k].sub_(theta) if in_place else stacked[k] - theta
+            deltas[k] = subtract_from_rows(stacked[k], theta) if in_place else stacked[k] - theta
         poisoned = [i for i, c in enumerate(cids) if c in self.nonfinite]
         if poisoned:  # faults.nonfinite: these clients' updates come back NaN
             rows = torch.tensor(poisoned, device=device)

@@ -32,9 +32,11 @@ from torch.func import functional_call, vmap
 
 from clients.optimizers import make_chain, model_roles
 from fedsim.data import FederatedData
+from fedsim.engine import direct_sgd
 from fedsim.engine.accumulate import CohortAccumulator
 from fedsim.engine.memory import chunk_size, client_footprint_bytes, optimizer_slots
 from fedsim.engine.stacked_layers import linear_weights, stacked_forward
+from fedsim.engine.stacks import broadcast_into
 from fedsim.gradcore import GradientTransformation, is_identity
 from fedsim.protocol import ClientTask, TrainConfig, WorkerResult
 
@@ -186,30 +188,23 @@ def train_chunk(
         r, m = rows[:, step], mask[:, step]
         grads, losses, taps = grads_and_losses(params, train_x[r], train_y[r], m)
         if state is None:  # the stack takes its gradients' memory layout, before the optimizer sees it
-            params = _laid_out_like(params, grads) | {name: _direct_stack(params[name]) for name in direct}
+            params = _laid_out_like(params, grads) | {name: direct_sgd.weight_stack(params[name]) for name in direct}
             state = head.init({name: params[name] for name in grads})
         updates, state = head.update(grads, state, {name: params[name] for name in grads})
         with torch.no_grad():  # in place: the stack is ours, and fresh large allocations cost page faults
             for name, u in updates.items():
                 params[name].add_(u.to(params[name].dtype), alpha=factor)
-            for name, inputs, out_grad in taps:  # W += factor · dYᵀ·X, written into W's [K, in, out] memory
-                params[name].transpose(1, 2).baddbmm_(inputs.transpose(1, 2), out_grad, alpha=factor)
+            for name, inputs, out_grad in taps:  # W += factor · dYᵀ·X, in W's own memory
+                direct_sgd.step(params[name], inputs, out_grad, factor)
         loss_sum += losses.double() * counts[:, step]
     return params, loss_sum / mask.sum((1, 2)).double()
-
-
-def _direct_stack(broadcast: torch.Tensor) -> torch.Tensor:
-    """A fresh ``[K, out, in]`` stack of a linear weight stored as ``[K, in, out]`` (what the forward matmul reads,
-    and what the in-place ``baddbmm_`` of the direct SGD update writes contiguously)."""
-    k, o, i = broadcast.shape
-    return torch.empty(k, i, o, dtype=broadcast.dtype, device=broadcast.device).transpose(1, 2).copy_(broadcast)
 
 
 def _laid_out_like(
     params: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """``params`` named in ``grads`` (stacks, or one client's parameters broadcast) copied into fresh stacks with
-    each tensor's memory layout that of its gradient (same values).
+    """``params`` named in ``grads`` (one client's parameters broadcast to K) copied into fresh stacks with each
+    tensor's memory layout that of its gradient.
 
     A stacked linear layer's weight gradient comes out of the batched backward matmul transposed (strides
     ``(o·i, 1, o)`` for a ``[K, o, i]`` weight). Adding a transposed update to a contiguous stack is a strided
@@ -221,7 +216,7 @@ def _laid_out_like(
     for name, g in grads.items():
         p = params[name]
         like = g if _dense(g) else torch.empty(g.shape, dtype=g.dtype, device=g.device)
-        out[name] = torch.empty_like(like, dtype=p.dtype).copy_(p)
+        out[name] = broadcast_into(torch.empty_like(like, dtype=p.dtype), p[0])
     return out
 
 

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.engine.accumulate import CohortAccumulator, client_rows, finite_rows, weighted_row_sum
+from fedsim.engine.accumulate import CohortAccumulator, finite_rows
+from fedsim.engine.stacks import broadcast_into, client_rows, subtract_from_rows, weighted_row_sum
 
 
 @st.composite
@@ -32,6 +33,30 @@ def test_weighted_row_sum_equals_tensordot_without_copying(t, data):
     expected = torch.tensordot(w.double(), t.contiguous().double(), dims=1)
     assert torch.allclose(weighted_row_sum(w, t).double(), expected, rtol=1e-5, atol=1e-5)
     assert weighted_row_sum(w, t).shape == t.shape[1:]
+
+
+def _every_other_row(t: torch.Tensor) -> torch.Tensor:
+    """A stack with ``t``'s values that is not dense: every other slice of a twice larger buffer."""
+    base = torch.zeros(t.shape[0], 2 * t.shape[1], *t.shape[2:])
+    view = base[:, ::2]
+    view.copy_(t)
+    return view
+
+
+@settings(max_examples=60, deadline=None)
+@given(stacks(), st.booleans())
+def test_broadcast_and_subtract_in_the_stacks_memory(t, sparse):
+    if sparse and t.dim() > 1:
+        t = _every_other_row(t)
+    one = torch.randn(t.shape[1:], generator=torch.Generator().manual_seed(7))
+    for stack in (t.clone(memory_format=torch.preserve_format), _every_other_row(t) if t.dim() > 1 else t.clone()):
+        layout = stack.stride()
+        assert broadcast_into(stack, one) is stack and stack.stride() == layout
+        assert torch.equal(stack, one.expand_as(stack))
+    for other in (t.clone(memory_format=torch.preserve_format), _every_other_row(t) if t.dim() > 1 else t.clone()):
+        expected = other - one
+        assert subtract_from_rows(other, one) is other
+        assert torch.allclose(other, expected)
 
 
 @settings(max_examples=60, deadline=None)
