@@ -195,8 +195,6 @@ def deploy_local(
             wait_listening(procs, "superlink", HOST, port, timeout_s=START_TIMEOUT_S)
             for key in keys or []:
                 register_key(key.public, connection=CONNECTION, env=procs.env, cwd=deploy_dir)
-            for i, path_i in enumerate(sockets):
-                wait_socket(procs, f"worker-{i}", path_i, timeout_s=START_TIMEOUT_S)
             for i in range(nodes):
                 cmd = supernode_command(
                     superlink=address, partition_id=i, num_partitions=population, runtime_port=free_port(),
@@ -205,6 +203,8 @@ def deploy_local(
                     worker_socket=sockets[i] if sockets else None,
                 )  # fmt: skip
                 procs.start(f"supernode-{i}", cmd)
+            for i, path_i in enumerate(sockets):  # before the run exists, so before any message comes
+                wait_socket(procs, f"worker-{i}", path_i, timeout_s=START_TIMEOUT_S)
             run_config = write_run_config(
                 deploy_dir / "run-config.toml",
                 scenario,
