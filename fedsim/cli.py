@@ -344,6 +344,13 @@ def deploy(
         ),
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="With --local: the SuperLink's port.")] = None,
+    warm_worker: Annotated[
+        bool,
+        typer.Option(
+            "--warm-worker/--no-warm-worker",
+            help="With --local: a warm worker daemon per SuperNode (off: each message in a fresh process).",
+        ),
+    ] = True,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Results root folder.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Override the scenario's number of rounds.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary line.")] = False,
@@ -367,7 +374,7 @@ def deploy(
 
         outcome = deploy_local(
             sc, nodes=local, insecure=insecure, certs_dir=certs, port=port, output_root=output,
-            show_progress=not quiet,
+            show_progress=not quiet, warm_worker=warm_worker,
         )  # fmt: skip
     else:
         from fedsim.deploy.submit import deploy_remote

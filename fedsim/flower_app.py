@@ -1,10 +1,11 @@
 """The repository as a Flower App: ``flwr run .`` runs a scenario in Flower's own runtime.
 
-``[tool.flwr.app.components]`` in pyproject points here. The ServerApp reads the scenario named by the run
-config key ``scenario`` (default ``scenarios/quickstart.yaml``; override with
+``[tool.flwr.app.components]`` in pyproject points here for the ServerApp. The ServerApp reads the scenario named
+by the run config key ``scenario`` (default ``scenarios/quickstart.yaml``; override with
 ``flwr run . --run-config 'scenario="scenarios/other.yaml"'``) and writes the usual results folder under
 the run config key ``output-dir`` (default: the scenario's ``output.dir``). The ClientApp is fedsim's worker:
-each SuperNode Flower starts hosts a share of the logical clients.
+each SuperNode Flower starts hosts a share of the logical clients (the ClientApp component is
+``fedsim.deploy.forward``, which runs this worker in its own process or hands the message to a warm daemon).
 
 On the Deployment Runtime (``fedsim deploy``) the run config also says ``placement`` (``partition``: each
 SuperNode owns the one client its ``--node-config partition-id`` names), ``expected-workers`` (how many

@@ -9,9 +9,11 @@ share a machine need distinct ports.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsim.deploy.forward import WORKER_KEY
 from fedsim.deploy.pki import ServerCertificates
 
 # Runs must not `uv sync` the app's dependencies into a fresh environment per run (Flower's default): the
@@ -64,18 +66,28 @@ def supernode_command(
     private_key: Path | None,
     isolation: str = "subprocess",
     runtime_host: str = "127.0.0.1",
+    worker_socket: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` for the device that owns logical client ``partition_id`` of ``num_partitions``.
 
     ``ca_cert`` None: ``--insecure``. ``private_key``: the node's authentication key (OpenSSH, P-384).
+    ``worker_socket``: the warm worker daemon its ClientApps hand messages to (``fedsim.deploy.forward``).
     """
     cmd = ["flower-supernode", "--superlink", str(superlink)]
     cmd += ["--insecure"] if ca_cert is None else ["--root-certificates", str(ca_cert)]
     if private_key is not None:
         cmd += ["--auth-supernode-private-key", str(private_key)]
-    cmd += ["--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if worker_socket is not None:
+        node_config += f' {WORKER_KEY}="{worker_socket}"'
+    cmd += ["--node-config", node_config]
     cmd += ["--host", runtime_host, "--port", str(runtime_port), "--isolation", isolation]
     return cmd
+
+
+def warm_worker_command(socket_path: Path) -> list[str]:
+    """The warm fedsim worker of one SuperNode (``fedsim.deploy.warm_worker``), listening on ``socket_path``."""
+    return [sys.executable, "-m", "fedsim.deploy.warm_worker", "--socket", str(socket_path)]
 
 
 def superexec_command(

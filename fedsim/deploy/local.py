@@ -6,19 +6,31 @@ each SuperNode gets a key pair (``deploy/keys``) whose public key is registered 
 before it starts. SuperNode ``i`` owns logical client ``i`` (``--node-config "partition-id=i
 num-partitions=<population>"``). The ServerApp writes the usual results folder; Flower's logs go to
 ``deploy/logs``.
+
+Each SuperNode also gets a warm worker daemon (``fedsim.deploy.warm_worker``, log ``worker-<i>.log``) whose
+socket, in a private temporary directory, its node config names: the ClientApp process Flower starts per message
+then forwards the message to it instead of importing torch and rebuilding data and model
+(``warm_worker=False``: ``--no-warm-worker``, every message handled in its ClientApp process as before).
 """
 
 from __future__ import annotations
 
 import errno
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from fedsim.deploy.commands import SuperLinkAddress, superlink_command, supernode_command
+from fedsim.deploy.commands import (
+    SuperLinkAddress,
+    superlink_command,
+    supernode_command,
+    warm_worker_command,
+)
 from fedsim.deploy.pki import (
     ServerCertificates,
     check_server_certificates,
@@ -87,6 +99,27 @@ def wait_listening(procs: Processes, name: str, host: str, port: int, *, timeout
     )
 
 
+def wait_socket(procs: Processes, name: str, path: Path, *, timeout_s: float) -> None:
+    """Wait until the worker daemon ``name`` listens on its Unix socket ``path``.
+
+    Raises:
+        DeployError: it exited first (with its most telling log line) or missed the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if procs.exited(name) is not None:
+            raise procs.failure(name, "fedsim worker daemon")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise DeployError(
+        f"fedsim worker daemon did not listen on {path} within {timeout_s:g} s (log: {procs.log(name)})"
+    )
+
+
 def user_certificates(folder: Path) -> ServerCertificates:
     """``--certs DIR``: an existing ``ca.pem``, ``server.pem`` and ``server.key``, checked before anything starts."""
     certs = ServerCertificates(
@@ -105,8 +138,11 @@ def deploy_local(
     port: int | None = None,
     output_root: str | Path | None = None,
     show_progress: bool = True,
+    warm_worker: bool = True,
 ) -> RunOutcome:
     """Run ``scenario`` on a SuperLink and ``nodes`` SuperNodes started here; stop them all before returning.
+
+    ``warm_worker``: each SuperNode's ClientApps forward to a worker daemon of its own (started here too).
 
     Raises:
         ConfigError: bad options (checked before anything starts).
@@ -135,6 +171,9 @@ def deploy_local(
     address = SuperLinkAddress(HOST, port)
     write_connection(deploy_dir / "flwr-home", address, None if certs is None else certs.ca_cert)
     procs = Processes(deploy_dir / "logs", deployment_env(deploy_dir / "flwr-home"))
+    # Unix socket paths are short (about 100 bytes): a private (0700) temporary directory, not the results folder
+    sockets_dir = Path(tempfile.mkdtemp(prefix="fedsim-workers-")) if warm_worker else None
+    sockets = [sockets_dir / f"worker-{i}.sock" for i in range(nodes)] if sockets_dir else []
     console = Console(file=sys.stderr, quiet=not show_progress)
 
     def check(run: FollowedRun) -> None:
@@ -143,9 +182,13 @@ def deploy_local(
         for i in range(nodes):  # before round 1 a SuperNode that exits is a setup error; later, a dropout
             if not run.rows and procs.exited(f"supernode-{i}") is not None:
                 raise procs.failure(f"supernode-{i}", f"flower-supernode {i}")
+            if sockets and not run.rows and procs.exited(f"worker-{i}") is not None:
+                raise procs.failure(f"worker-{i}", f"fedsim worker daemon {i}")
 
     try:
         with terminate_as_interrupt():
+            for i, path_i in enumerate(sockets):  # they import torch while the SuperLink starts
+                procs.start(f"worker-{i}", warm_worker_command(path_i))
             procs.start(
                 "superlink", superlink_command(host=HOST, port=port, certs=certs, node_auth=certs is not None)
             )
@@ -157,8 +200,11 @@ def deploy_local(
                     superlink=address, partition_id=i, num_partitions=population, runtime_port=free_port(),
                     ca_cert=None if certs is None else certs.ca_cert,
                     private_key=None if keys is None else keys[i].private,
+                    worker_socket=sockets[i] if sockets else None,
                 )  # fmt: skip
                 procs.start(f"supernode-{i}", cmd)
+            for i, path_i in enumerate(sockets):  # before the run exists, so before any message comes
+                wait_socket(procs, f"worker-{i}", path_i, timeout_s=START_TIMEOUT_S)
             run_config = write_run_config(
                 deploy_dir / "run-config.toml",
                 scenario,
@@ -172,6 +218,8 @@ def deploy_local(
                 )
     finally:
         procs.stop()
+        if sockets_dir is not None:
+            shutil.rmtree(sockets_dir, ignore_errors=True)
         rows = read_metrics(path / "metrics.jsonl")
         if rows and not (path / "report.md").exists():  # stopped mid-run: report the finished rounds
             write_report(path, scenario, rows, wall_s=time.monotonic() - t0)

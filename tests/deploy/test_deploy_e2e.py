@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from deploy_helpers import ROOT, TINY, fedsim, live_processes_with_env
@@ -82,6 +83,11 @@ def test_fedsim_deploy_local_runs_rounds_over_tls_with_authenticated_supernodes(
     assert "SuperNode authentication is disabled" not in superlink and "--insecure" not in superlink
     for i in range(2):
         assert any("SuperNode ID:" in l for l in last_lines(logs / f"supernode-{i}.log", 10_000))
+        # each SuperNode's ClientApps forwarded to its warm worker daemon, whose socket went with it
+        (listening,) = [l for l in last_lines(logs / f"worker-{i}.log") if "listening on" in l]
+        socket_path = Path(listening.rsplit(" ", 1)[1])
+        assert socket_path.name == f"worker-{i}.sock" and not socket_path.parent.exists()
+        assert not any("WARNING" in l or "ERROR" in l for l in last_lines(logs / f"worker-{i}.log"))
     assert live_processes_with_env("FEDSIM_TEST_MARK", mark) == []
     print(f"fedsim deploy --local 2, 2 rounds: {wall:.1f} s wall")
 
@@ -154,13 +160,16 @@ def test_interrupting_fedsim_deploy_stops_every_process_it_started(tmp_path, sig
 
 
 def test_fedbuff_runs_on_real_supernodes_step_by_arriving_reply(tmp_path):
-    """The asynchronous path on the Deployment Runtime: each reply that arrives is a server step (c = 1)."""
+    """The asynchronous path on the Deployment Runtime: each reply that arrives is a server step (c = 1). Without
+    the warm worker: the ClientApp process Flower starts per message runs fedsim's worker itself (a device with
+    no daemon)."""
     out = fedsim(
         "deploy", str(ROOT / "tests" / "deploy" / "fedbuff.yaml"), "--local", "2", "-o", str(tmp_path), "-q",
-        timeout=480,
+        "--no-warm-worker", timeout=480,
     )  # fmt: skip
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     (run_dir,) = (tmp_path / "deploy-fedbuff").iterdir()
+    assert not list((run_dir / "deploy" / "logs").glob("worker-*.log"))  # no daemon was started
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["round"], r["clients"], r["dropped"]) for r in rows] == [(n, 1, 0) for n in (1, 2, 3, 4)], rows
     times = [r["virtual_time_s"] for r in rows]
