@@ -6,18 +6,26 @@ Kept apart from ``fedsim.data.huggingface`` (which registers the names) because 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+from datasets.table import InMemoryTable
 from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import Partitioner
 
 from fedsim.data.base import PARTITION, TEST_SPLIT, DataRequest, SplitData, stratified_split
+from fedsim.data.mapped import RowWriter, write_meta
 from fedsim.data.partitioners import INDEX, PartitionContext, build_partitioner, column, read_partitions
+from fedsim.data.partitions import Partitions
 from fedsim.errors import ConfigError
+
+ROW = "__fedsim_row__"
+"""With ``draw: client``: a row's number in its split as loaded (file order), added before the shuffle."""
 
 
 class _SizedPartitioner(Partitioner):
@@ -62,7 +70,49 @@ def load_split_data(
     load_kwargs: dict[str, Any],
 ) -> SplitData:
     """Load ``dataset`` through ``FederatedDataset``, resplit it and partition its train split (see the loaders)."""
-    x_spec, y_col, user_col, train_split = args["x"], args["y"], args["user"], args["train_split"]
+    loaded = _load(request, args, dataset=dataset, subset=subset, load_kwargs=load_kwargs, rows=False)
+    train, test = loaded.train, loaded.test
+    x_cols = _feature_columns(train, args["x"], args["y"], args["user"])
+    train_y, test_y, num_classes = _labels(train, test, args["y"])
+    return SplitData(
+        train_x=_features(train, x_cols),
+        train_y=train_y,
+        test_x=_features(test, x_cols),
+        test_y=test_y,
+        num_classes=num_classes,
+        partitions=loaded.partitions,
+    )
+
+
+@dataclass
+class _Loaded:
+    """What ``FederatedDataset`` gave: the train split (shuffled, test rows removed, partitioned), the test
+    split, every client's rows of ``train``; with ``rows``, also the splits as loaded (file order) and which of
+    them the test set came from."""
+
+    train: datasets.Dataset
+    test: datasets.Dataset
+    partitions: Partitions
+    raw: dict[str, datasets.Dataset] = field(default_factory=dict)
+    test_source: str = ""
+    train_source: str = ""
+
+
+def _load(
+    request: DataRequest,
+    args: Mapping[str, Any],
+    *,
+    dataset: str,
+    subset: str | None,
+    load_kwargs: dict[str, Any],
+    rows: bool,
+) -> _Loaded:
+    """Load, shuffle, resplit and partition through ``FederatedDataset``. With ``rows``, every split first gets
+    the column ``ROW`` (its row number as loaded) and is then shuffled by the same call ``FederatedDataset``
+    makes (``DatasetDict.shuffle(seed=...)``: the permutation depends on the number of rows and the seed only),
+    so the rows, the test split and the partitions are those of ``rows=False``, and ``ROW`` says where each row
+    lies in the file."""
+    y_col, user_col, train_split = args["y"], args["user"], args["train_split"]
     explicit_test_split = args["test_split"] is not None
     test_split = args["test_split"] or "test"
     cache_dir = args["cache_dir"]
@@ -70,18 +120,29 @@ def load_split_data(
         load_kwargs = {**load_kwargs, "cache_dir": cache_dir}
     rng = request.rng(PARTITION)
     shuffle_seed, partition_seed = (int(s) for s in rng.integers(2**32, size=2))
+    raw: dict[str, datasets.Dataset] = {}
+    sources = {"train": train_split, "test": train_split}
 
-    def preprocess(dd: datasets.DatasetDict) -> datasets.DatasetDict:
+    def check_split(dd: datasets.DatasetDict) -> None:
         if train_split not in dd:
             raise ConfigError(
                 "data.args.train_split", f"a split of {request.name} ({', '.join(dd)})", train_split
             )
-        train = dd[train_split]
-        for field, col in (("data.args.y", y_col), ("data.args.user", user_col)):
+
+    def check_columns(train: datasets.Dataset) -> None:
+        for field_, col in (("data.args.y", y_col), ("data.args.user", user_col)):
             if col is not None and col not in train.column_names:
-                raise ConfigError(field, f"a column of {request.name} ({', '.join(train.column_names)})", col)
+                raise ConfigError(
+                    field_, f"a column of {request.name} ({', '.join(train.column_names)})", col
+                )
+
+    def preprocess(dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        check_split(dd)
+        train = dd[train_split]
+        check_columns(train)
         if test_split in dd and test_split != train_split:
             test = dd[test_split]
+            sources["test"] = test_split
         elif explicit_test_split:
             raise ConfigError(
                 "data.args.test_split", f"a split of {request.name} ({', '.join(dd)})", test_split
@@ -92,6 +153,18 @@ def load_split_data(
             train, test = train.select(keep), train.select(held_out)
         train = train.add_column(INDEX, np.arange(len(train), dtype=np.int64))
         return datasets.DatasetDict({"train": train, "test": test})
+
+    def preprocess_rows(dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        # Only the label and user columns go on (the features are streamed from ``raw``): the shuffle, the
+        # test split and ``add_column`` (which flattens the shuffled rows into a new file) never read them.
+        check_split(dd)
+        check_columns(dd[train_split])
+        raw.update(dd)
+        numbered = {}
+        for k, v in dd.items():
+            kept = v.select_columns([c for c in (y_col, user_col) if c is not None and c in v.column_names])
+            numbered[k] = kept.add_column(ROW, np.arange(len(v), dtype=np.int64))
+        return preprocess(datasets.DatasetDict(numbered).shuffle(seed=shuffle_seed))
 
     ctx = PartitionContext(
         num_clients=request.num_clients,
@@ -105,9 +178,9 @@ def load_split_data(
     fds = FederatedDataset(
         dataset=dataset,
         subset=subset,
-        preprocessor=preprocess,
+        preprocessor=preprocess_rows if rows else preprocess,
         partitioners={"train": partitioner},
-        shuffle=True,
+        shuffle=not rows,
         seed=shuffle_seed,
         **load_kwargs,
     )
@@ -121,17 +194,95 @@ def load_split_data(
     partitions = read_partitions(
         partitioner, request.partitioner, request.partitioner_args, partitioner.context
     )
+    return _Loaded(train, test, partitions, raw, sources["test"], sources["train"])
 
-    x_cols = _feature_columns(train, x_spec, y_col, user_col)
-    train_y, test_y, num_classes = _labels(train, test, y_col)
-    return SplitData(
-        train_x=_features(train, x_cols),
-        train_y=train_y,
-        test_x=_features(test, x_cols),
-        test_y=test_y,
-        num_classes=num_classes,
-        partitions=partitions,
-    )
+
+def build_mapped(
+    folder: Path,
+    request: DataRequest,
+    args: Mapping[str, Any],
+    *,
+    dataset: str,
+    subset: str | None,
+    load_kwargs: dict[str, Any],
+) -> None:
+    """Write the mapped copy of a file-backed dataset into ``folder`` (``fedsim.data.mapped``'s layout): the
+    same load, shuffle, test split and partitions as ``load_split_data``, the features streamed record batch by
+    record batch from the loaded splits (never the whole split in memory)."""
+    loaded = _load(request, args, dataset=dataset, subset=subset, load_kwargs=load_kwargs, rows=True)
+    train, test = loaded.train, loaded.test
+    source = loaded.raw[loaded.train_source]
+    x_cols = _feature_columns(source, args["x"], args["y"], args["user"])
+    train_y, test_y, num_classes = _labels(train, test, args["y"])
+    train_rows, test_rows = column(train, ROW), column(test, ROW)
+    labels = np.zeros(len(source), dtype=np.int64)
+    labels[train_rows] = train_y
+    test_at = np.full(len(loaded.raw[loaded.test_source]), -1, dtype=np.int64)
+    test_at[test_rows] = np.arange(len(test_rows), dtype=np.int64)
+    features = RowWriter(folder / "features.npy", len(source))
+    test_x = RowWriter(folder / "test_x.npy", len(test_rows))
+    held_out = loaded.test_source == loaded.train_source
+    try:
+        for start, x in _feature_batches(source, x_cols):
+            features.append(x)
+            if held_out:
+                _put(test_x, test_at[start : start + len(x)], x)
+        if not held_out:
+            for start, x in _feature_batches(loaded.raw[loaded.test_source], x_cols):
+                _put(test_x, test_at[start : start + len(x)], x)
+    except ValueError:  # rows of two shapes (images of different sizes)
+        raise ConfigError("data.args.x", "features of one shape in every row", args["x"]) from None
+    row_shape = features.shape or (test_x.shape or (0,))
+    features.close(row_shape)
+    test_x.close(row_shape)
+    np.save(folder / "labels.npy", labels)
+    np.save(folder / "indices.npy", train_rows[loaded.partitions.indices])
+    np.save(folder / "offsets.npy", np.asarray(loaded.partitions.offsets))
+    np.save(folder / "test_y.npy", test_y)
+    write_meta(folder, {"num_classes": num_classes, "input_shape": list(row_shape), "rows": len(source)})
+
+
+def _put(writer: RowWriter, positions: np.ndarray, x: np.ndarray) -> None:
+    """Write the rows of ``x`` whose test position is set (>= 0) there."""
+    keep = positions >= 0
+    if keep.any():
+        writer.put(positions[keep], x[keep])
+
+
+def _feature_batches(ds: datasets.Dataset, x_cols: str | list[str]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, float32 features)`` of a loaded split, record batch by record batch in row order, read from
+    its Arrow files (not memory-mapped, so the pages read do not stay with the process) or, for a split held in
+    memory, its table."""
+    files = [f["filename"] for f in ds.cache_files]
+    tables: Iterator[pa.Table]
+    if files:
+        tables = (t for name in files for t in _file_batches(name))
+    else:
+        tables = (pa.Table.from_batches([b]) for b in ds.data.table.to_batches(max_chunksize=4096))
+    start = 0
+    for table in tables:
+        if table.num_rows == 0:
+            continue
+        batch = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=ds.features))
+        x = _features(batch, x_cols)
+        yield start, x
+        start += len(x)
+    if start != len(ds):
+        raise RuntimeError(f"read {start} rows of {ds.split} from its files, expected {len(ds)}")
+
+
+def _file_batches(name: str) -> Iterator[pa.Table]:
+    """The record batches of one Arrow file (``datasets`` writes the streaming format) through buffered reads."""
+    with pa.OSFile(name) as handle:
+        try:
+            reader: Any = pa.ipc.open_stream(handle)
+            batches = iter(reader)
+        except pa.ArrowInvalid:
+            handle.seek(0)
+            reader = pa.ipc.open_file(handle)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        for b in batches:
+            yield pa.Table.from_batches([b])
 
 
 def _feature_columns(ds: datasets.Dataset, spec: Any, y_col: str, user_col: str | None) -> str | list[str]:
