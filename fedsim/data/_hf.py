@@ -155,16 +155,33 @@ def _load(
         return datasets.DatasetDict({"train": train, "test": test})
 
     def preprocess_rows(dd: datasets.DatasetDict) -> datasets.DatasetDict:
-        # Only the label and user columns go on (the features are streamed from ``raw``): the shuffle, the
-        # test split and ``add_column`` (which flattens the shuffled rows into a new file) never read them.
+        """``preprocess`` of the shuffled splits, on their label, user and row-number columns only, as numpy
+        arrays in memory (the features stay in the files, streamed later from ``raw``). ``datasets`` would
+        read a column through the shuffle's index mapping at ~600 bytes a row and flatten the rows after the
+        test split with a per-value cast (seconds per 10^5 rows); here they cost their 8 bytes a value."""
         check_split(dd)
         check_columns(dd[train_split])
         raw.update(dd)
-        numbered = {}
-        for k, v in dd.items():
-            kept = v.select_columns([c for c in (y_col, user_col) if c is not None and c in v.column_names])
-            numbered[k] = kept.add_column(ROW, np.arange(len(v), dtype=np.int64))
-        return preprocess(datasets.DatasetDict(numbered).shuffle(seed=shuffle_seed))
+        train, features = _shuffled_columns(dd[train_split], (y_col, user_col), shuffle_seed)
+        if test_split in dd and test_split != train_split:
+            test, test_features = _shuffled_columns(dd[test_split], (y_col, user_col), shuffle_seed)
+            sources["test"] = test_split
+        elif explicit_test_split:
+            raise ConfigError(
+                "data.args.test_split", f"a split of {request.name} ({', '.join(dd)})", test_split
+            )
+        else:
+            keep, held_out = stratified_split(train[y_col], request.test_fraction, request.rng(TEST_SPLIT))
+            test, test_features = {k: v[held_out] for k, v in train.items()}, features
+            train = {k: v[keep] for k, v in train.items()}
+        train[INDEX] = np.arange(len(train[ROW]), dtype=np.int64)
+        features = datasets.Features({**features, INDEX: datasets.Value("int64")})
+        return datasets.DatasetDict(
+            {
+                "train": _in_memory(train, features),
+                "test": _in_memory(test, test_features),
+            }
+        )
 
     ctx = PartitionContext(
         num_clients=request.num_clients,
@@ -240,6 +257,36 @@ def build_mapped(
     np.save(folder / "offsets.npy", np.asarray(loaded.partitions.offsets))
     np.save(folder / "test_y.npy", test_y)
     write_meta(folder, {"num_classes": num_classes, "input_shape": list(row_shape), "rows": len(source)})
+
+
+def _shuffled_columns(
+    ds: datasets.Dataset, names: tuple[str | None, ...], seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The columns ``names`` (those present) of ``ds`` and its row numbers ``ROW``, in the order of
+    ``ds.shuffle(seed=seed)``, and their features.
+
+    ``Dataset.shuffle`` draws ``np.random.default_rng(seed).permutation(len(ds))`` (its documented default
+    generator); that this is the order it gives is checked here on a table of row numbers, so a ``datasets``
+    that shuffled otherwise fails loudly instead of giving other clients than ``draw: population``.
+    """
+    n = len(ds)
+    order = np.random.default_rng(seed).permutation(n)
+    probe = _in_memory({ROW: np.arange(n, dtype=np.int64)}, datasets.Features({ROW: datasets.Value("int64")}))
+    probe = probe.shuffle(seed=seed)
+    at = np.unique(np.linspace(0, n - 1, num=min(n, 64)).astype(np.int64))
+    if n and not np.array_equal(column(probe.select(at), ROW), order[at]):
+        raise RuntimeError("datasets.Dataset.shuffle no longer draws np.random.default_rng(seed).permutation")
+    kept = [c for c in names if c is not None and c in ds.column_names]
+    columns = {c: column(ds, c)[order] for c in kept}
+    columns[ROW] = order.astype(np.int64)
+    return columns, datasets.Features({**{c: ds.features[c] for c in kept}, ROW: datasets.Value("int64")})
+
+
+def _in_memory(columns: Mapping[str, np.ndarray], features: datasets.Features) -> datasets.Dataset:
+    """A ``Dataset`` of numpy columns through Arrow directly (``Dataset.from_dict`` goes through Python lists:
+    ~60 bytes a value)."""
+    table = pa.table({k: pa.array(v) for k, v in columns.items()}).cast(features.arrow_schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
 def _put(writer: RowWriter, positions: np.ndarray, x: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """File-backed datasets (``parquet:<path>``, ``hf:<name>``) with ``data.args.draw: client``: the train split's
 features converted once into a raw float32 file in the machine's data cache and memory-mapped by every process,
-a client's rows gathered when a round asks for them.
+a client's rows read when a round asks for them.
 
 Why this module exists: the default path (``draw: population``) materialises the whole train split as tensors in
 the process that builds it, so a file larger than memory cannot be used and a large one costs its size in every
@@ -10,12 +10,11 @@ same ``FederatedDataset`` code as ``population``'s (loading, the seeded shuffle,
 partitioner), so every client holds exactly the rows, in the same order, that the materialised path gives it, and
 a run's metrics are the same. The partition indices are stored as rows of ``features.npy``.
 
-Every other process (the workers, the next run) finds the folder complete and maps it without importing
-``datasets``: it holds 8 bytes per row (labels) and per client (offsets), the central test set mapped (its pages
-are read when evaluated), and gathers a cohort's rows by their indices. Pages of the mapping a gather read are
-dropped from the process again (``madvise(MADV_DONTNEED)``) once more than ``RESIDENT_PAGES`` were touched: the
-data stay in the OS page cache, shared by the processes, and the process's resident memory grows with the
-cohort, not the file.
+Every other process (the workers, the next run) finds the folder complete and opens it without importing
+``datasets``: it maps 8 bytes per row (labels) and holds 8 per client (offsets), maps the central test set (its
+pages are read when evaluated), and reads a cohort's rows by their indices with positioned reads
+(``MappedRows``): the file's pages stay in the OS page cache, shared by the processes, and the process's resident
+memory grows with the cohort, not the file.
 
 Layout of ``<cache>/mapped-<key>/``: ``features.npy`` (float32 ``[rows, *input_shape]``), ``labels.npy`` (int64,
 by row; rows held out for the test set are 0), ``indices.npy`` / ``offsets.npy`` (every client's rows, as
@@ -26,11 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import tempfile
-import threading
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,10 +40,6 @@ from fedsim.data.filestore import cache_enabled, cache_root, data_code_fingerpri
 from fedsim.data.partitioners import PARTITIONERS
 
 FORMAT = 1
-PAGE = mmap.PAGESIZE
-RESIDENT_PAGES = 16384
-"""Pages of ``features.npy`` (64 MiB at 4 KiB pages) a process's gathers may leave resident before they are
-dropped from it (they stay in the page cache)."""
 
 
 def mapped_key(request: DataRequest, files: list[str]) -> str:
@@ -122,9 +116,13 @@ def open_split(folder: Path) -> SplitData:
 
 
 class MappedRows:
-    """``rows(cid)``: client ``cid``'s examples ``(x float32, y int64)`` gathered from the mapped files.
+    """``rows(cid)``: client ``cid``'s examples ``(x float32, y int64)`` read from the cached files.
 
-    Thread-safe; pickles as its folder (an unpickled copy maps the files again).
+    The features are read with positioned reads (``os.preadv``, one per run of consecutive rows), not through a
+    mapping: a page fault on a mapped file maps up to 16 neighbouring pages (the kernel's fault-around), so
+    gathering scattered rows would leave ~64 KiB resident per row. Read, the rows cost the process their own
+    bytes; the file's pages stay in the OS page cache, shared by the processes. ``labels.npy`` and the partition
+    index are memory-mapped (8 bytes per row). Thread-safe; pickles as its folder.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -132,32 +130,40 @@ class MappedRows:
         self.labels = np.load(self.folder / "labels.npy", mmap_mode="r")
         self.indices = np.load(self.folder / "indices.npy", mmap_mode="r")
         self.offsets = np.load(self.folder / "offsets.npy")
-        header = np.load(self.folder / "features.npy", mmap_mode="r")  # reads the header: shape, offset
-        shape, start = header.shape, header.offset
+        header = np.load(self.folder / "features.npy", mmap_mode="r")  # the header only: shape, data offset
+        self.shape: tuple[int, ...] = tuple(header.shape)
+        self._start = int(header.offset)
         del header
-        with open(self.folder / "features.npy", "rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        count = int(np.prod(shape))
-        self.features = np.frombuffer(self._map, dtype="<f4", count=count, offset=start).reshape(shape)
-        self._row_pages = -(-self.features[0].nbytes // PAGE) + 1 if len(self.features) else 1
-        self._touched = 0
-        self._lock = threading.Lock()
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * 4
+        self._fd = os.open(self.folder / "features.npy", os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
 
     def __call__(self, cid: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.asarray(self.indices[self.offsets[cid] : self.offsets[cid + 1]])
-        x = self.features[rows]  # a gather: a new array
-        y = np.asarray(self.labels[rows], dtype=np.int64)
-        self._release(len(rows))
-        return x, y
+        rows = np.array(self.indices[self.offsets[cid] : self.offsets[cid + 1]], dtype=np.int64)
+        return self.read(rows), np.array(self.labels[rows], dtype=np.int64)
 
-    def _release(self, rows: int) -> None:
-        """Count the pages a gather may have read; past ``RESIDENT_PAGES``, drop them from this process."""
-        with self._lock:
-            self._touched += rows * self._row_pages
-            if self._touched <= RESIDENT_PAGES or not hasattr(self._map, "madvise"):
-                return
-            self._touched = 0
-        self._map.madvise(mmap.MADV_DONTNEED)  # clean file pages: a later read faults them in from the cache
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The features of ``rows`` (file rows, any order), float32 ``[len(rows), *input_shape]``."""
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        found = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
+        flat = memoryview(found.reshape(-1)).cast("B")
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for lo, hi in zip(
+            [0, *breaks.tolist()], [*breaks.tolist(), len(rows)], strict=True
+        ):  # one read per run of consecutive rows
+            if hi > lo:
+                want = (hi - lo) * self._row_bytes
+                got = os.preadv(
+                    self._fd,
+                    [flat[lo * self._row_bytes : hi * self._row_bytes]],
+                    self._start + int(ordered[lo]) * self._row_bytes,
+                )
+                if got != want:
+                    raise OSError(f"{self.folder / 'features.npy'}: short read ({got} of {want} bytes)")
+        x = np.empty_like(found)
+        x[order] = found
+        return x
 
     def __reduce__(self) -> tuple[type[MappedRows], tuple[Path]]:
         return (MappedRows, (self.folder,))
