@@ -6,6 +6,7 @@ Kept apart from ``fedsim.data.huggingface`` (which registers the names) because 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-from datasets.table import InMemoryTable
+import pyarrow.parquet as pq
+from datasets.data_files import resolve_pattern
+from datasets.table import InMemoryTable, table_cast
 from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import Partitioner
 
@@ -204,9 +207,15 @@ def _load(
     try:
         train = fds.partitioners["train"].dataset  # loads, shuffles, preprocesses, assigns
         test = fds.load_split("test")
-    except (OSError, datasets.exceptions.DatasetNotFoundError) as exc:
+    except (
+        OSError,
+        pa.ArrowException,  # an unreadable file (not parquet, truncated)
+        datasets.exceptions.DatasetNotFoundError,
+        datasets.exceptions.DatasetGenerationError,
+    ) as exc:
+        reason = " ".join(str(exc).split())  # one line
         raise ConfigError(
-            "data.dataset", f"a dataset that can be loaded ({type(exc).__name__}: {exc})", request.name
+            "data.dataset", f"a dataset that can be loaded ({type(exc).__name__}: {reason})", request.name
         ) from None
     partitions = read_partitions(
         partitioner, request.partitioner, request.partitioner_args, partitioner.context
@@ -222,14 +231,55 @@ def build_mapped(
     dataset: str,
     subset: str | None,
     load_kwargs: dict[str, Any],
+    parquet: Mapping[str, str] | None = None,
 ) -> None:
     """Write the mapped copy of a file-backed dataset into ``folder`` (``fedsim.data.mapped``'s layout): the
     same load, shuffle, test split and partitions as ``load_split_data``, the features streamed record batch by
-    record batch from the loaded splits (never the whole split in memory)."""
+    record batch (never the whole split in memory).
+
+    ``parquet`` (local files: split -> the ``data_files`` pattern) has ``datasets`` load the label and user
+    columns only (its conversion of a whole file into its own Arrow cache reads it back through a memory map,
+    which would count the file in this process's peak), and the features are read from the parquet files
+    themselves, row group by row group, in the order ``datasets`` reads them and cast as it casts them.
+    Otherwise (``hf:``) they are streamed from the Arrow files ``datasets`` made.
+    """
+    files: dict[str, list[str]] = {}
+    if parquet is not None and args["train_split"] in parquet:
+        files = {split: resolve_pattern(pattern, os.getcwd()) for split, pattern in parquet.items()}
+        try:
+            schema = pq.read_schema(next(iter(files.values()))[0])
+        except (OSError, pa.ArrowException) as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(
+                "data.dataset", f"a dataset that can be loaded ({type(exc).__name__}: {reason})", request.name
+            ) from None
+        file_features = datasets.Features.from_arrow_schema(schema)
+        for field_, col in (("data.args.y", args["y"]), ("data.args.user", args["user"])):
+            if col is not None and col not in schema.names:
+                raise ConfigError(field_, f"a column of {request.name} ({', '.join(schema.names)})", col)
+        empty = datasets.Dataset(
+            InMemoryTable(schema.empty_table()), info=datasets.DatasetInfo(features=file_features)
+        )
+        x_cols = _feature_columns(empty, args["x"], args["y"], args["user"])
+        kept = [c for c in (args["y"], args["user"]) if c is not None]
+        load_kwargs = {**load_kwargs, "columns": kept}
     loaded = _load(request, args, dataset=dataset, subset=subset, load_kwargs=load_kwargs, rows=True)
     train, test = loaded.train, loaded.test
     source = loaded.raw[loaded.train_source]
-    x_cols = _feature_columns(source, args["x"], args["y"], args["user"])
+
+    def batches(split: str) -> Iterator[tuple[int, np.ndarray]]:
+        if files:
+            return _feature_batches(
+                _parquet_tables(files[split], x_cols, file_features), len(source_of(split)), x_cols
+            )
+        ds = source_of(split)
+        return _feature_batches(_arrow_tables(ds), len(ds), x_cols, ds.features)
+
+    def source_of(split: str) -> datasets.Dataset:
+        return loaded.raw[split]
+
+    if not files:
+        x_cols = _feature_columns(source, args["x"], args["y"], args["user"])
     train_y, test_y, num_classes = _labels(train, test, args["y"])
     train_rows, test_rows = column(train, ROW), column(test, ROW)
     labels = np.zeros(len(source), dtype=np.int64)
@@ -240,12 +290,12 @@ def build_mapped(
     test_x = RowWriter(folder / "test_x.npy", len(test_rows))
     held_out = loaded.test_source == loaded.train_source
     try:
-        for start, x in _feature_batches(source, x_cols):
+        for start, x in batches(loaded.train_source):
             features.append(x)
             if held_out:
                 _put(test_x, test_at[start : start + len(x)], x)
         if not held_out:
-            for start, x in _feature_batches(loaded.raw[loaded.test_source], x_cols):
+            for start, x in batches(loaded.test_source):
                 _put(test_x, test_at[start : start + len(x)], x)
     except ValueError:  # rows of two shapes (images of different sizes)
         raise ConfigError("data.args.x", "features of one shape in every row", args["x"]) from None
@@ -296,26 +346,50 @@ def _put(writer: RowWriter, positions: np.ndarray, x: np.ndarray) -> None:
         writer.put(positions[keep], x[keep])
 
 
-def _feature_batches(ds: datasets.Dataset, x_cols: str | list[str]) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first row, float32 features)`` of a loaded split, record batch by record batch in row order, read from
-    its Arrow files (not memory-mapped, so the pages read do not stay with the process) or, for a split held in
-    memory, its table."""
-    files = [f["filename"] for f in ds.cache_files]
-    tables: Iterator[pa.Table]
-    if files:
-        tables = (t for name in files for t in _file_batches(name))
-    else:
-        tables = (pa.Table.from_batches([b]) for b in ds.data.table.to_batches(max_chunksize=4096))
+def _feature_batches(
+    tables: Iterator[tuple[pa.Table, datasets.Features]], rows: int, x_cols: str | list[str]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, float32 features)`` of a split's record batches, in row order, each turned into features as
+    ``load_split_data`` turns the whole split (``_features``); the batches must cover the split's ``rows``."""
     start = 0
-    for table in tables:
+    for table, features in tables:
         if table.num_rows == 0:
             continue
-        batch = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=ds.features))
+        batch = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
         x = _features(batch, x_cols)
         yield start, x
         start += len(x)
-    if start != len(ds):
-        raise RuntimeError(f"read {start} rows of {ds.split} from its files, expected {len(ds)}")
+    if start != rows:
+        raise RuntimeError(f"read {start} rows of a split from its files, expected {rows}")
+
+
+def _arrow_tables(ds: datasets.Dataset) -> Iterator[tuple[pa.Table, datasets.Features]]:
+    """A loaded split's record batches, read from its Arrow files (not memory-mapped, so the pages read do not
+    stay with the process) or, for a split held in memory, its table."""
+    files = [f["filename"] for f in ds.cache_files]
+    if files:
+        for name in files:
+            for t in _file_batches(name):
+                yield t, ds.features
+    else:
+        for b in ds.data.table.to_batches(max_chunksize=4096):
+            yield pa.Table.from_batches([b]), ds.features
+
+
+def _parquet_tables(
+    files: list[str], x_cols: str | list[str], features: datasets.Features
+) -> Iterator[tuple[pa.Table, datasets.Features]]:
+    """The feature columns of parquet files, a row group at a time (the memory a build needs grows with the
+    files' row-group size, not their length), cast to ``features`` as ``datasets``' parquet builder casts them
+    (``table_cast`` to the schema of the first file)."""
+    columns = [x_cols] if isinstance(x_cols, str) else list(x_cols)
+    wanted = datasets.Features({c: features[c] for c in columns})
+    for name in files:
+        # One row group at a time (``iter_batches`` keeps the groups it has read alive until it is done).
+        with pq.ParquetFile(name, pre_buffer=False) as handle:
+            for group in range(handle.metadata.num_row_groups):
+                table = handle.read_row_group(group, columns=columns, use_threads=False)
+                yield table_cast(table, wanted.arrow_schema), wanted
 
 
 def _file_batches(name: str) -> Iterator[pa.Table]:

@@ -99,10 +99,13 @@ def parquet(request: DataRequest) -> SplitData:
         dataset="parquet",
         subset=None,
         load_kwargs={"data_files": data_files},
+        mapped={"parquet": {"train": path} if test_path is None else {"train": path, "test": test_path}},
     )
 
 
-def _load(request: DataRequest, *, files: list[str], **how: Any) -> SplitData:
+def _load(
+    request: DataRequest, *, files: list[str], mapped: dict[str, Any] | None = None, **how: Any
+) -> SplitData:
     """Materialised (``draw: population``) or mapped from the machine's data cache (``draw: client``: the
     libraries are imported only where the mapped copy must be made)."""
     if request.args["draw"] == "client":
@@ -112,7 +115,7 @@ def _load(request: DataRequest, *, files: list[str], **how: Any) -> SplitData:
             from fedsim.data._hf import build_mapped
 
             _loader(request)  # a ConfigError where the libraries are missing
-            build_mapped(folder, request, request.args, **how)
+            build_mapped(folder, request, request.args, **how, **(mapped or {}))
 
         return mapped_split(request, files, build)
     return _loader(request)(request, request.args, **how)

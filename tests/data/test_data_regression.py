@@ -163,12 +163,15 @@ def test_client_draws_are_standardised_by_the_distributions_moments():
     n = len(y)
     assert n == 16_000 and data.task == "regression" and data.input_shape == (4,)
     assert abs(float(y.mean())) < 5 / np.sqrt(n)
-    assert abs(float(y.std()) - 1) < 5 * np.sqrt(2 / n)  # s.e. of a normal-ish sample's deviation ~ 1/sqrt(2n)
+    assert abs(float(y.std()) - 1) < 5 * np.sqrt(
+        2 / n
+    )  # s.e. of a normal-ish sample's deviation ~ 1/sqrt(2n)
     assert float(x.mean(0).abs().max()) < 5 / np.sqrt(n)
     assert float((x.std(0) - 1).abs().max()) < 5 / np.sqrt(2 * n)
     ty = data.test_y.double()
     assert len(ty) == 4000 and abs(float(ty.mean())) < 5 / np.sqrt(4000)
     pooled = load("regression", args={**CLIENT, "draw": "population"}, clients=100)
+
     # the same problem: a linear fit explains as much of the target in either mode (to sampling error)
     def r2(x, y):
         a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
@@ -183,7 +186,9 @@ def test_a_client_is_the_same_whatever_the_population_and_its_first_rows_whateve
     large = load("regression", args={**CLIENT, "n": 20_000}, clients=1000)  # 16 000: 16 a client
     assert small.num_examples(7) == large.num_examples(7) == 16
     assert all(torch.equal(u, v) for u, v in zip(small.client_data(7), large.client_data(7), strict=True))
-    bigger = load("regression", args={**CLIENT, "n": 400}, clients=10)  # 32 a client: the first 16 are the same
+    bigger = load(
+        "regression", args={**CLIENT, "n": 400}, clients=10
+    )  # 32 a client: the first 16 are the same
     x, y = bigger.client_data(7)
     assert torch.equal(x[:16], small.client_data(7)[0]) and torch.equal(y[:16], small.client_data(7)[1])
 
