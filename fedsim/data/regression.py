@@ -186,12 +186,22 @@ def _examples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` examples of the teacher from ``rng``, standardised with the distribution's moments: x as drawn (mean
     0, deviation 1), y as ``(y − mean) / std``; float32. Row i is the stream's (d + 1)·i-th to (d + 1)·(i + 1)-th
-    normals (its features, then its target's noise), so the first k examples are the same whatever ``n`` >= k."""
+    normals (its features, then its target's noise), so the first k examples are the same whatever ``n`` >= k.
+    Made ``_CHUNK_ROWS`` rows at a time (a large test set costs its float32 result, not its float64 work)."""
     d = w.shape[1]
-    z = rng.standard_normal((n, d + 1))
-    x = z[:, :d]
-    y = np.tanh(x @ w.T / np.sqrt(d) + b) @ a + 0.5 * x[:, 0] + noise * z[:, d]
-    return x.astype(np.float32), ((y - mean) / std).astype(np.float32)
+    x_out = np.empty((n, d), dtype=np.float32)
+    y_out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, _CHUNK_ROWS):
+        rows = min(_CHUNK_ROWS, n - start)
+        z = rng.standard_normal((rows, d + 1))
+        x = z[:, :d]
+        y = np.tanh(x @ w.T / np.sqrt(d) + b) @ a + 0.5 * x[:, 0] + noise * z[:, d]
+        x_out[start : start + rows] = x
+        y_out[start : start + rows] = (y - mean) / std
+    return x_out, y_out
+
+
+_CHUNK_ROWS = 2**16
 
 
 def _client_examples(
