@@ -54,7 +54,7 @@ def hub(request: DataRequest) -> SplitData:
     column but the label and user), ``y`` (label column, ``label``), ``user`` (natural-id column for the
     ``natural`` partitioner), ``train_split`` (``train``), ``test_split`` (``test``; when the dataset has no such
     split a seeded stratified ``test_fraction`` of the train split is held out), ``subset`` (configuration
-    name), ``cache_dir``, ``draw`` (``population``; ``client``: memory-mapped, see ``parquet``).
+    name), ``cache_dir``, ``draw`` (``population``; ``client``: read from the data cache a client at a time, see ``parquet``).
 
     References:
         Beutel, D. J. et al., "Flower: A Friendly Federated Learning Research Framework", arXiv:2007.14390, 2020
@@ -76,7 +76,7 @@ def parquet(request: DataRequest) -> SplitData:
 
     ``draw``: ``population`` (default) materialises the train split as tensors (and the engine writes them to
     the machine's data cache); ``client`` converts the train split's features once, batch by batch, into a
-    float32 file in the data cache that every process memory-maps, and gathers a client's rows when a round
+    float32 file in the data cache that every process opens, and reads a client's rows when a round
     trains it (``fedsim.data.mapped``): the same clients, rows, order and test set as ``population``, so a run's
     metrics are the same, with memory that grows with the cohort, not the file.
 

@@ -1,13 +1,13 @@
 """File-backed datasets (``parquet:<path>``, ``hf:<name>``) with ``data.args.draw: client``: the train split's
-features converted once into a raw float32 file in the machine's data cache and memory-mapped by every process,
-a client's rows read when a round asks for them.
+features converted once into a raw float32 file in the machine's data cache, which every process opens and reads
+a client's rows from when a round asks for them.
 
 Why this module exists: the default path (``draw: population``) materialises the whole train split as tensors in
 the process that builds it, so a file larger than memory cannot be used and a large one costs its size in every
 run's peak memory. Here the building process streams the split in record batches into ``features.npy`` (the
-train file's rows in file order, float32), and what partitioning needs (labels, user ids) goes through the very
-same ``FederatedDataset`` code as ``population``'s (loading, the seeded shuffle, the held-out test split, the
-partitioner), so every client holds exactly the rows, in the same order, that the materialised path gives it, and
+train file's rows in file order, float32), and what partitioning needs (labels, user ids) goes through
+``FederatedDataset`` as under ``population`` (loading, the seeded shuffle, the held-out test split, the
+partitioner; ``fedsim.data._hf.build_mapped`` says what it does differently and why it is the same), so every client holds exactly the rows, in the same order, that the materialised path gives it, and
 a run's metrics are the same. The partition indices are stored as rows of ``features.npy``.
 
 Every other process (the workers, the next run) finds the folder complete and opens it without importing

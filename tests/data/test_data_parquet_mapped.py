@@ -275,3 +275,19 @@ def test_memory_grows_with_the_cohort_not_the_file(tmp_path):
     assert built["rows"] == opened["rows"] > 1900  # ~20 rows a client
     assert built["grew"] < n * d * 4 / 3
     assert opened["grew"] < 24 * mb
+
+
+def test_with_the_cache_off_a_private_copy_is_read_and_removed(tabular, tmp_path, monkeypatch):
+    pooled = load(dataset=f"parquet:{tabular}", args={"cache_dir": str(tmp_path / "hf-cache")})
+    monkeypatch.setenv("FEDSIM_DATA_CACHE", "0")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    mapped = load(
+        dataset=f"parquet:{tabular}", args={"cache_dir": str(tmp_path / "hf-cache"), "draw": "client"}
+    )
+    _assert_same(pooled, mapped)
+    assert not any((tmp_path / "tmp").iterdir())  # the copy's folder is gone; its open files still read
+    assert not (tmp_path / "fedsim-cache").exists()
