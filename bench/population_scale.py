@@ -3,6 +3,8 @@
     python bench/population_scale.py                          # blobs, 10^4, 10^5, 10^6 clients, in-process
     python bench/population_scale.py --dataset synthetic      # synthetic (natural users), same sizes
     python bench/population_scale.py --clients 10000 --backend ray
+    python bench/population_scale.py --dataset regression     # data start-up only (see below), same sizes
+    python bench/population_scale.py --dataset parquet        # a parquet file of 10^4, 10^5, 10^6 rows
 
 Each measurement is a fresh Python process (so its peak RSS is its own) that runs one round of a scenario with
 ``simulate`` and reports: ``import_s``, the interpreter's imports before the call; ``startup_s``, from the call
@@ -16,6 +18,16 @@ data cache) twice, cold cache then warm; ``population`` is skipped where its tra
 The workload is the issue's: blobs of 4 examples of 784 floats per client (synthetic: 40 examples of 784
 floats per user, ``samples: {dist: constant, value: 50}`` with 20% held out), an MLP 784-64-10, a cohort of 100
 clients, one round.
+
+``--dataset regression`` and ``--dataset parquet`` measure the data start-up of one process instead of a round
+(regression data train only with the full-batch strategies, every client every round): ``startup_s`` is
+``fedsim.engine.setup.build_data`` (what the server and every worker run first), ``round_s`` the reading of a
+cohort of 100 clients as a worker does (``fedsim.engine.worker.cohort_data``), and the peak RSS is the process's.
+``regression``: 5 examples of 8 features per client (4 train, 1 to the test split, ``n = 5 · clients``).
+``parquet``: the population size is the file's rows; the bench writes ``rows`` rows of 64 float32 features (one
+fixed-size list column) and a label of 10 classes, in row groups of 4096, into a temporary folder, and
+partitions them ``iid`` over ``rows / 10`` clients; ``client`` is ``draw: client`` (converted once into the data
+cache, then read a client at a time: ``fedsim.data.mapped``), ``population`` the materialised default.
 """
 
 from __future__ import annotations
@@ -32,43 +44,118 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def scenario(dataset: str, clients: int, draw: str, backend: str) -> dict[str, Any]:
-    """The benchmark's scenario at one population size and draw mode."""
+def scenario(
+    dataset: str, clients: int, draw: str, backend: str, files: Path | None = None
+) -> dict[str, Any]:
+    """The benchmark's scenario at one population size and draw mode (``parquet``: ``clients`` rows)."""
+    model: dict[str, Any] = {"name": "mlp", "args": {"hidden": [64]}}
+    strategy: dict[str, Any] = {"name": "fedavg", "clients_per_round": 100}
+    population = clients
     if dataset == "blobs":
         data = {
             "dataset": "blobs",
             "args": {"shape": [784], "samples_per_client": 4, "test_samples": 1000, "draw": draw},
             "partitioner": "iid",
         }
-    else:
+    elif dataset == "synthetic":
         data = {
             "dataset": "synthetic",
             "args": {"dim": 784, "samples": {"dist": "constant", "value": 50}, "draw": draw},
             "partitioner": "natural",
             "test_fraction": 0.2,
         }
+    elif dataset == "regression":
+        data = {
+            "dataset": "regression",
+            "args": {"n": 5 * clients, "d": 8, "draw": draw},
+            "partitioner": "iid",
+        }
+        model = {"name": "mlp", "args": {"hidden": [10], "activation": "softplus"}}
+        strategy = {"name": "diff2", "clients_per_round": clients, "args": {"lr": 0.5}}
+    else:
+        assert files is not None
+        data = {
+            "dataset": f"parquet:{files / f'rows-{clients}.parquet'}",
+            "args": {"x": "x", "draw": draw, "cache_dir": str(files / "hf-cache")},
+            "partitioner": "iid",
+        }
+        population = clients // 10
     return {
         "name": f"population-{clients}",
         "rounds": 1,
         "data": data,
-        "population": {"clients": clients},
-        "model": {"name": "mlp", "args": {"hidden": [64]}},
+        "population": {"clients": population},
+        "model": model,
         "client": {"epochs": 1, "batch_size": 4, "optimizer": {"name": "sgd", "lr": 0.05}},
-        "strategy": {"name": "fedavg", "clients_per_round": 100},
+        "strategy": strategy,
         "engine": {"backend": backend},
         "evaluation": {"every": 1},
     }
 
 
+PARQUET_FEATURES = 64
+
+
+def write_parquet(path: Path, rows: int) -> None:
+    """``rows`` rows of ``PARQUET_FEATURES`` float32 features (one fixed-size list column ``x``) and a label,
+    written in row groups of 4096 (1 MB), a group at a time."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    schema = pa.schema([("x", pa.list_(pa.float32(), PARQUET_FEATURES)), ("label", pa.int64())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 4096):
+            n = min(4096, rows - start)
+            x = rng.standard_normal((n, PARQUET_FEATURES), dtype=np.float32)
+            label = rng.integers(0, 10, n)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), PARQUET_FEATURES)
+            writer.write_table(pa.table({"x": flat, "label": label}, schema=schema))
+
+
 def materialised_gb(dataset: str, clients: int) -> float:
     """Bytes of the training set ``draw: population`` holds, in GB."""
+    if dataset == "regression":
+        return clients * 5 * 8 * 8 / 1e9  # float64 while generated
+    if dataset == "parquet":
+        return clients * PARQUET_FEATURES * 4 / 1e9
     per_client = 4 if dataset == "blobs" else 40
     return clients * per_client * 784 * 4 / 1e9
 
 
-def measure(spec: dict[str, Any], cache: Path) -> dict[str, float]:
-    """Run one scenario in a fresh process; its start-up, round time and peak RSS."""
-    code = r"""
+_DATA_ONLY = r"""
+import time
+began = time.perf_counter()
+import json, resource, sys
+import torch
+spec = json.loads(sys.argv[1])
+from fedsim.engine.setup import build_data
+from fedsim.engine.worker import cohort_data
+from fedsim.scenario import parse_scenario
+sc = parse_scenario(spec)
+start = time.perf_counter()
+data = build_data(sc)
+built = time.perf_counter()
+clients = sc.population.clients
+view = cohort_data(data, range(0, clients, max(1, clients // 100)), torch.device("cpu"))
+print(json.dumps({
+    "import_s": start - began,
+    "startup_s": built - start,
+    "round_s": time.perf_counter() - built,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "test_accuracy": None,
+}))
+"""
+
+
+def measure(spec: dict[str, Any], cache: Path, data_only: bool = False) -> dict[str, float]:
+    """Run one scenario in a fresh process; its start-up, round time and peak RSS (``data_only``: the data
+    start-up and a cohort's reading, ``_DATA_ONLY``)."""
+    code = (
+        _DATA_ONLY
+        if data_only
+        else r"""
 import time
 began = time.perf_counter()
 import json, resource, sys
@@ -91,11 +178,13 @@ print(json.dumps({
     "test_accuracy": row.get("test_accuracy"),
 }))
 """
+    )
     env = {
         **os.environ,
         "FEDSIM_CACHE_DIR": str(cache),
         "PYTHONPATH": str(ROOT),
         "FLWR_TELEMETRY_ENABLED": "0",
+        "HF_DATASETS_OFFLINE": "1",
     }
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(spec)],
@@ -113,23 +202,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", choices=("blobs", "synthetic"), default="blobs")
+    parser.add_argument("--dataset", choices=("blobs", "synthetic", "regression", "parquet"), default="blobs")
     parser.add_argument("--clients", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess")
     parser.add_argument("--max-materialised-gb", type=float, default=4.0)
     args = parser.parse_args()
-    print(f"{args.dataset}, backend {args.backend}, cohort 100, one round; times in s, peak RSS in MB")
-    header = f"{'clients':>9} {'draw':<18} {'import_s':>8} {'startup_s':>9} {'round_s':>8} {'peak_rss':>9} {'accuracy':>8}"
+    data_only = args.dataset in ("regression", "parquet")
+    what = "data start-up and a cohort's reading (round_s)" if data_only else "one round"
+    print(f"{args.dataset}, backend {args.backend}, cohort 100, {what}; times in s, peak RSS in MB")
+    size = "rows" if args.dataset == "parquet" else "clients"
+    header = f"{size:>9} {'draw':<18} {'import_s':>8} {'startup_s':>9} {'round_s':>8} {'peak_rss':>9} {'accuracy':>8}"
     print(header + "   population/client start-up")
     with tempfile.TemporaryDirectory(prefix="fedsim-population-scale-") as tmp:
         for clients in args.clients:
             runs: list[tuple[str, dict[str, float]]] = []
             cache = Path(tmp) / str(clients)
-            runs.append(("client", measure(scenario(args.dataset, clients, "client", args.backend), cache)))
+            if args.dataset == "parquet":
+                write_parquet(Path(tmp) / f"rows-{clients}.parquet", clients)
+            spec = scenario(args.dataset, clients, "client", args.backend, Path(tmp))
+            runs.append(("client", measure(spec, cache, data_only)))
+            if args.dataset == "parquet":  # the first run converted the file: a second one maps it
+                runs[0] = ("client, cold", runs[0][1])
+                runs.append(("client, warm", measure(spec, cache, data_only)))
             if materialised_gb(args.dataset, clients) <= args.max_materialised_gb:
-                spec = scenario(args.dataset, clients, "population", args.backend)
-                runs.append(("population, cold", measure(spec, cache)))
-                runs.append(("population, warm", measure(spec, cache)))
+                spec = scenario(args.dataset, clients, "population", args.backend, Path(tmp))
+                runs.append(("population, cold", measure(spec, cache, data_only)))
+                runs.append(("population, warm", measure(spec, cache, data_only)))
             for label, r in runs:
                 ratio = ""
                 if label.startswith("population"):
@@ -137,10 +235,10 @@ def main() -> None:
                 acc = r["test_accuracy"]
                 print(
                     f"{clients:>9} {label:<18} {r['import_s']:>8.2f} {r['startup_s']:>9.2f} {r['round_s']:>8.2f} "
-                    f"{r['peak_rss_mb']:>9.0f} {acc if acc is None else format(acc, '.3f'):>8}{ratio}",
+                    f"{r['peak_rss_mb']:>9.0f} {'-' if acc is None else format(acc, '.3f'):>8}{ratio}",
                     flush=True,
                 )
-            if len(runs) == 1:
+            if not any(label.startswith("population") for label, _ in runs):
                 gb = materialised_gb(args.dataset, clients)
                 print(f"{clients:>9} {'population':<18} skipped: {gb:.1f} GB of training data to materialise")
 

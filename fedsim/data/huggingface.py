@@ -15,8 +15,8 @@ import glob
 from collections.abc import Callable
 from typing import Any
 
-from fedsim.argspec import ArgSpec, custom, declares, text
-from fedsim.data.base import PREFIXED_DATASETS, DataRequest, SplitData
+from fedsim.argspec import ArgSpec, choice, custom, declares, text
+from fedsim.data.base import DRAWS, PREFIXED_DATASETS, DataRequest, SplitData
 from fedsim.errors import ConfigError
 
 
@@ -41,6 +41,7 @@ _COMMON = (
     text("train_split", "train"),
     text("test_split", None, default_doc="test where the data has it, else a held-out test_fraction"),
     text("cache_dir", None),
+    choice("draw", "population", DRAWS),
 )
 
 
@@ -53,15 +54,15 @@ def hub(request: DataRequest) -> SplitData:
     column but the label and user), ``y`` (label column, ``label``), ``user`` (natural-id column for the
     ``natural`` partitioner), ``train_split`` (``train``), ``test_split`` (``test``; when the dataset has no such
     split a seeded stratified ``test_fraction`` of the train split is held out), ``subset`` (configuration
-    name), ``cache_dir``.
+    name), ``cache_dir``, ``draw`` (``population``; ``client``: read from the data cache a client at a time, see ``parquet``).
 
     References:
         Beutel, D. J. et al., "Flower: A Friendly Federated Learning Research Framework", arXiv:2007.14390, 2020
         (flwr-datasets' ``FederatedDataset``). Lhoest, Q. et al., "Datasets: A Community Library for Natural
         Language Processing", EMNLP 2021 (system demos), arXiv:2109.02846.
     """
-    return _loader(request)(
-        request, request.args, dataset=request.target or "", subset=request.args["subset"], load_kwargs={}
+    return _load(
+        request, files=[], dataset=request.target or "", subset=request.args["subset"], load_kwargs={}
     )
 
 
@@ -72,6 +73,12 @@ def parquet(request: DataRequest) -> SplitData:
 
     ``data.args`` as for ``hf:`` (without ``subset``), plus ``test_path``: a parquet file used as the test split.
     Images stored by ``datasets`` (``Image`` feature) decode to float32 ``(C, H, W)`` in [0, 1].
+
+    ``draw``: ``population`` (default) materialises the train split as tensors (and the engine writes them to
+    the machine's data cache); ``client`` converts the train split's features once, batch by batch, into a
+    float32 file in the data cache that every process opens, and reads a client's rows when a round
+    trains it (``fedsim.data.mapped``): the same clients, rows, order and test set as ``population``, so a run's
+    metrics are the same, with memory that grows with the cohort, not the file.
 
     References:
         Beutel, D. J. et al., "Flower: A Friendly Federated Learning Research Framework", arXiv:2007.14390, 2020.
@@ -86,9 +93,32 @@ def parquet(request: DataRequest) -> SplitData:
         if value is not None and not glob.glob(value):
             raise ConfigError(field, "the path of an existing parquet file", shown)
     data_files: Any = path if test_path is None else {"train": path, "test": test_path}
-    return _loader(request)(
-        request, args, dataset="parquet", subset=None, load_kwargs={"data_files": data_files}
+    return _load(
+        request,
+        files=[f for p in (path, test_path) if p is not None for f in sorted(glob.glob(p))],
+        dataset="parquet",
+        subset=None,
+        load_kwargs={"data_files": data_files},
+        mapped={"parquet": {"train": path} if test_path is None else {"train": path, "test": test_path}},
     )
+
+
+def _load(
+    request: DataRequest, *, files: list[str], mapped: dict[str, Any] | None = None, **how: Any
+) -> SplitData:
+    """Materialised (``draw: population``) or mapped from the machine's data cache (``draw: client``: the
+    libraries are imported only where the mapped copy must be made)."""
+    if request.args["draw"] == "client":
+        from fedsim.data.mapped import mapped_split
+
+        def build(folder: Any) -> None:
+            from fedsim.data._hf import build_mapped
+
+            _loader(request)  # a ConfigError where the libraries are missing
+            build_mapped(folder, request, request.args, **how, **(mapped or {}))
+
+        return mapped_split(request, files, build)
+    return _loader(request)(request, request.args, **how)
 
 
 def _loader(request: DataRequest) -> Callable[..., SplitData]:

@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ import torch
 
 import fedsim.data
 from fedsim.data import FederatedData
+from fedsim.data.filestore import cache_enabled, cache_root
+from fedsim.data.filestore import locked as _locked
 from fedsim.data.partitions import Partitions
 from fedsim.scenario import Scenario
 
@@ -41,16 +43,6 @@ log = logging.getLogger("fedsim")
 
 _TENSORS = ("train_x", "train_y", "test_x", "test_y")
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
-
-
-def cache_root() -> Path:
-    """``FEDSIM_CACHE_DIR``, or a per-user folder in the system's temporary directory."""
-    env = os.environ.get("FEDSIM_CACHE_DIR")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"fedsim-cache-{os.getuid()}"
-
-
-def cache_enabled() -> bool:
-    return os.environ.get("FEDSIM_DATA_CACHE", "1") not in ("0", "false", "no")
 
 
 DATA_LIBRARIES = ("numpy", "torch", "scikit-learn", "datasets", "flwr-datasets", "pyarrow")
@@ -105,22 +97,6 @@ def data_key(scenario: Scenario) -> str:
             st = path.stat()
             spec["file"] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (a no-op where ``fcntl`` does not exist)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on Linux/macOS
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save(data: FederatedData, folder: Path) -> None:

@@ -32,7 +32,10 @@ SYNTHETIC = {
     "samples": {"mean": 2.0, "sigma": 1.0, "min": 5, "max": 40},
     "draw": "client",
 }
-CASES = [("blobs", BLOBS, "iid"), ("synthetic", SYNTHETIC, "natural")]
+REGRESSION = {"n": 500, "d": 3, "noise": 0.2, "draw": "client"}
+CASES = [("blobs", BLOBS, "iid"), ("synthetic", SYNTHETIC, "natural"), ("regression", REGRESSION, "iid")]
+WRONG = {"iid": "dirichlet", "natural": "iid"}
+"""A partitioner that does not describe each case's clients (regression refuses the label ones before that)."""
 
 
 def _load(dataset, args, partitioner, **kw):
@@ -105,7 +108,7 @@ def test_sizes_are_the_cheap_paths_and_the_population_draws(dataset, args, parti
 
 @pytest.mark.parametrize(("dataset", "args", "partitioner"), CASES)
 def test_a_partitioner_that_does_not_describe_the_clients_is_refused(dataset, args, partitioner):
-    wrong = "dirichlet" if partitioner == "iid" else "iid"
+    wrong = "natural" if dataset == "regression" else WRONG[partitioner]
     kw = {"partitioner_args": {}, "test_fraction": 0.2, "num_clients": 10, "seed": 0}
     assert cheap_client_sizes(dataset=dataset, args=args, partitioner=wrong, **kw) is None
     with pytest.raises(ConfigError) as info:
