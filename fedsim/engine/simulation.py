@@ -271,6 +271,105 @@ def _add_messages_to_queue_on_push(
             pushed.wait(0.1)
 
 
+@contextmanager
+def sticky_actors() -> Iterator[None]:
+    """Within the block, Flower's Ray backend runs a SuperNode's message on the actor that ran its last one when that
+    actor is free, and sends that actor the node's Context without the gossip shard it keeps live.
+
+    Why: Flower's actor pool (``flwr.simulation.ray_transport.ray_actor.BasicActorPool``) hands a message to any free
+    actor, and the node's whole Context goes to the actor and back with every message. A gossip worker's shard
+    (~10 MB for 500 nodes of the quickstart MLP) is in that Context, and an actor keeps the shard it saved live
+    (``fedsim.engine.worker``): only on the same actor is it used, and there it needs no copy of the shard. What
+    Flower keeps stays the authority: the actor saves the shard into the Context it sends back after every
+    superstep, and an actor without the live shard (its process died and Ray restarted it and ran the message
+    again) answers so, and the message is run again with the whole Context (:func:`_process_message_sticky`), so
+    the results are those of a run that always sends the Context. Other families' messages only go to the same
+    actor when it is free. With another Flower than the locked one (other signatures) nothing is replaced."""
+    import inspect
+
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    submit, process = getattr(BasicActorPool, "submit", None), getattr(RayBackend, "process_message", None)
+    if (
+        submit is None
+        or process is None
+        or list(inspect.signature(submit).parameters) != ["self", "actor_fn", "job"]
+        or list(inspect.signature(process).parameters) != ["self", "message", "context"]
+    ):
+        yield
+        return
+    BasicActorPool.submit = _submit_sticky  # type: ignore[method-assign]
+    RayBackend.process_message = _process_message_sticky(process)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BasicActorPool.submit = submit  # type: ignore[method-assign]
+        RayBackend.process_message = process  # type: ignore[method-assign]
+
+
+_POOL_LOCK = threading.Lock()
+_WHOLE_CONTEXT = threading.local()  # .on: this thread's next submit sends the whole Context
+
+
+def _submit_sticky(pool: Any, actor_fn: Any, job: tuple[Any, Any, str, Any]) -> Any:
+    """``BasicActorPool.submit``: the actor that ran the node's last message if it is free (then without the gossip
+    shard it keeps live), else the one Flower's would take."""
+    app_fn, message, cid, context = job
+    with _POOL_LOCK:
+        last = pool.__dict__.setdefault("_fedsim_last_actor", {})
+        held = last.get(cid)
+        at = next((i for i, a in enumerate(pool.pool) if a is held), None) if held is not None else None
+        actor = pool.pool.pop() if at is None else pool.pool.pop(at)
+        last[cid] = actor
+    if at is not None and not getattr(_WHOLE_CONTEXT, "on", False):
+        context = withhold_gossip_shard(context)
+    future = actor_fn(actor, app_fn, message, cid, context)
+    pool._future_to_actor[future] = actor
+    return future
+
+
+def _process_message_sticky(process: Callable[[Any, Any, Any], tuple[Any, Any]]) -> Callable[..., Any]:
+    def process_message(backend: Any, message: Any, context: Any) -> tuple[Any, Any]:
+        """``RayBackend.process_message``; a message whose actor did not hold the withheld shard runs again with the
+        whole Context, and a reply's Context without the shard (an error reply) leaves Flower's as it was."""
+        from fedsim.engine.messages import GOSSIP_STATE
+        from fedsim.engine.worker import WITHHELD_MISS
+
+        out, updated = process(backend, message, context)
+        if out.has_error() and WITHHELD_MISS in str(out.error.reason):
+            _WHOLE_CONTEXT.on = True
+            try:
+                out, updated = process(backend, message, context)
+            finally:
+                _WHOLE_CONTEXT.on = False
+        if GOSSIP_STATE in context.state.array_records and GOSSIP_STATE not in updated.state.array_records:
+            updated = context
+        return out, updated
+
+    return process_message
+
+
+def withhold_gossip_shard(context: Any) -> Any:
+    """``context`` without its gossip shard's state (marked withheld, its token kept), or itself if it holds none."""
+    from flwr.app import ConfigRecord, Context, RecordDict
+
+    from fedsim.engine.messages import GOSSIP_STATE, GOSSIP_STATE_CONFIG, LAYOUT
+    from fedsim.engine.worker import GOSSIP_WITHHELD
+
+    state = context.state
+    if GOSSIP_STATE not in state.array_records:
+        return context
+    kept = RecordDict({k: v for k, v in state.items() if k not in (GOSSIP_STATE, GOSSIP_STATE + LAYOUT)})
+    kept[GOSSIP_STATE_CONFIG] = ConfigRecord(
+        {**state.config_records.get(GOSSIP_STATE_CONFIG, {}), GOSSIP_WITHHELD: True}
+    )
+    return Context(
+        run_id=context.run_id, node_id=context.node_id, node_config=context.node_config, state=kept,
+        run_config=context.run_config, series_id=context.series_id,
+    )  # fmt: skip
+
+
 def simulate(
     scenario: Scenario,
     recorder: Recorder,
@@ -394,7 +493,11 @@ def simulate_ray(
             if scenario.engine.ray_address:
                 log.warning("%s", describe_cluster(scenario.engine.ray_address, nodes, workers, config))
             try:
-                with insisting_ends_simulation(stop, teardown, gone, end_tasks), prompt_message_pickup():
+                with (
+                    insisting_ends_simulation(stop, teardown, gone, end_tasks),
+                    prompt_message_pickup(),
+                    sticky_actors(),
+                ):
                     run_simulation(
                         server_app=server_app,
                         client_app=client_app,

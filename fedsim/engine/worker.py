@@ -194,6 +194,11 @@ def train_gossip(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     if is_gossip_snapshot_request(msg.content):  # a checkpoint: the shard's state, nothing run
         saved = get_packed(context.state, GOSSIP_STATE)
+        if saved is None and _withheld(context):
+            live = _live_shard(context)
+            if live is None:
+                return _withheld_miss(context, msg)
+            saved = live.state()  # what it saved into the context last
         if saved is None:
             reason = f"node {context.node_id} holds no gossip shard to checkpoint"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
@@ -207,6 +212,8 @@ def train_gossip(msg: Message, context: Context) -> Message:
     else:
         first = order.b_tick == 0 and order.a_tick is None
         shard = _gossip_shard(scenario_dict, owned, data, model, context, first=first)
+    if shard is None and _withheld(context):
+        return _withheld_miss(context, msg)
     if shard is None:
         reason = (
             f"node {context.node_id} lost its gossip nodes' state (a restarted node loses its context.state)"
@@ -216,6 +223,27 @@ def train_gossip(msg: Message, context: Context) -> Message:
     report = execute(shard, order)
     _save_gossip_shard(shard, context)
     return Message(content=encode_gossip_report(report, time.perf_counter() - start), reply_to=msg)
+
+
+GOSSIP_WITHHELD = "withheld"
+"""Set in a node's gossip state config (next to its token) when Flower's Ray backend sent the node's context without
+the shard's state, to the actor that saved that state and keeps it live (``fedsim.engine.simulation.sticky_actors``).
+"""
+
+WITHHELD_MISS = "fedsim: the gossip shard was withheld from a process that does not hold it live"
+"""The reason of the error a worker answers with when its shard was withheld but it holds no live shard with the
+context's token (its process restarted): Flower's Ray backend then sends the message again with the whole context."""
+
+
+def _withheld(context: Context) -> bool:
+    from fedsim.engine.messages import GOSSIP_STATE_CONFIG
+
+    return bool(context.state.config_records.get(GOSSIP_STATE_CONFIG, {}).get(GOSSIP_WITHHELD, False))
+
+
+def _withheld_miss(context: Context, msg: Message) -> Message:
+    reason = f"{WITHHELD_MISS} (node {context.node_id})"
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 _LIVE_SHARDS: dict[tuple[int, int], tuple[str, object]] = {}
@@ -229,21 +257,30 @@ def _gossip_shard(scenario_dict, owned, data, model, context: Context, *, first:
     """The worker's shard: new at the run's first superstep, else the one ``context.state`` holds (None if lost):
     kept live by this process when it saved that very state, else loaded from the context."""
     from fedsim.engine.gossip_network import build_shard
-    from fedsim.engine.messages import GOSSIP_STATE, GOSSIP_STATE_CONFIG, STATE_TOKEN, get_packed
+    from fedsim.engine.messages import GOSSIP_STATE, get_packed
 
     scenario_json = json.dumps(scenario_dict, sort_keys=True)
     if first:
         return build_shard(parse_scenario(scenario_dict, source="<message>"), data, model, owned)
-    token = context.state.config_records.get(GOSSIP_STATE_CONFIG, {}).get(STATE_TOKEN)
-    live = _LIVE_SHARDS.get((context.run_id, context.node_id))
-    if token is not None and live is not None and live[0] == token:
-        return live[1]
+    live = _live_shard(context)
+    if live is not None:
+        return live
     saved = get_packed(context.state, GOSSIP_STATE)
     if saved is None:
         return None
     shard = _shard_skeleton(scenario_json, tuple(owned))
     shard.load_state(saved)  # replaces every piece of state the shard has
     return shard
+
+
+def _live_shard(context: Context):
+    """The shard this process keeps live for the node when it saved the very state the node's context holds, else
+    None."""
+    from fedsim.engine.messages import GOSSIP_STATE_CONFIG, STATE_TOKEN
+
+    token = context.state.config_records.get(GOSSIP_STATE_CONFIG, {}).get(STATE_TOKEN)
+    live = _LIVE_SHARDS.get((context.run_id, context.node_id))
+    return live[1] if token is not None and live is not None and live[0] == token else None
 
 
 @lru_cache(maxsize=8)

@@ -415,8 +415,9 @@ class GossipShard:
 
     # -- persistence (a worker keeps its shard in its Flower context between messages) ----------------------
     def state(self) -> dict[str, torch.Tensor]:
-        """Everything that changes over a run, as tensors (the pool compacted to the slots in use)."""
-        used = sorted({s for b in self.buffers for s in b})
+        """Everything that changes over a run, as tensors (the pool compacted to the slots in use, in the order the
+        buffers first name them: the same state whatever slots the pool gave the models, kept live or loaded)."""
+        used = list(dict.fromkeys(s for b in self.buffers for s in b))
         remap = {s: k for k, s in enumerate(used)}
         flat = [remap[s] for b in self.buffers for s in b]
         out: dict[str, torch.Tensor] = {f"p.{n}": t for n, t in self.params.items()}

@@ -248,3 +248,111 @@ def test_a_shard_kept_live_gives_the_run_of_one_loaded_from_the_context(process,
     assert fresh_loads == messages - 2  # every message but the first superstep's two (which build the shards)
     expected = {"none": kept_loads == 0, "some": 0 < kept_loads < fresh_loads, "all": kept_loads == fresh_loads}
     assert expected[loads]
+
+
+class _Done:
+    """A finished task of a fake actor (hashable, as Ray's futures are)."""
+
+    def __init__(self, result):
+        self.result = result
+
+
+class _WorkerProcess:
+    """A Ray actor's process: its own live shards; the context pickled to it and back, as Ray does."""
+
+    def __init__(self):
+        self.live, self.restart_next = {}, False
+
+    def run(self, message, context):
+        import pickle
+
+        from fedsim.engine import worker
+
+        if self.restart_next:  # its process died and Ray started it again: it runs the same task afresh
+            self.live, self.restart_next = {}, False
+        context = pickle.loads(pickle.dumps(context))
+        saved, worker._LIVE_SHARDS = worker._LIVE_SHARDS, self.live
+        try:
+            reply = worker.client_app(message=message, context=context)
+        finally:
+            worker._LIVE_SHARDS = saved
+        return _Done((reply, pickle.loads(pickle.dumps(context))))
+
+
+class StickyPoolGrid(LocalGrid):
+    """Gossip messages run as Flower's Ray backend runs them under ``simulation.sticky_actors``: Flower's
+    ``BasicActorPool`` with fedsim's ``submit``, two worker processes, and fedsim's ``process_message`` around
+    Flower's own steps (submit, take the result, the actor back to the pool). ``restart(k)``: the process that
+    takes the k-th gossip message restarts before running it. ``sent_whole`` / ``sent_withheld``: the contexts
+    that went to the processes with and without the shard."""
+
+    def __init__(self, node_ids, restart=lambda k: False):
+        from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+        from fedsim.engine.simulation import _process_message_sticky
+
+        super().__init__(node_ids)
+        self.pool = object.__new__(BasicActorPool)  # no Ray: its actors are the processes above
+        self.pool.pool, self.pool._future_to_actor = [_WorkerProcess(), _WorkerProcess()], {}
+        self.restart, self.count = restart, 0
+        self.sent_whole = self.sent_withheld = 0
+        self.process = _process_message_sticky(self.flower_process_message)
+
+    def flower_process_message(self, backend, message, context):
+        """What ``RayBackend.process_message`` does with the pool (fedsim's ``submit`` in place of Flower's)."""
+        from fedsim.engine.messages import GOSSIP_STATE
+        from fedsim.engine.simulation import _submit_sticky
+
+        def on_actor(actor, app_fn, msg, cid, ctx):
+            if GOSSIP_STATE in context.state.array_records:
+                if GOSSIP_STATE in ctx.state.array_records:
+                    self.sent_whole += 1
+                else:
+                    self.sent_withheld += 1
+            actor.restart_next = self.restart(self.count)
+            self.count += 1
+            return actor.run(msg, ctx)
+
+        future = _submit_sticky(self.pool, on_actor, (None, message, str(message.metadata.dst_node_id), context))
+        self.pool.add_actor_back_to_pool(future)
+        return future.result
+
+    def deliver(self, msg):
+        if msg.metadata.message_type == "query.prepare":
+            return super().deliver(msg)
+        node = int(msg.metadata.dst_node_id)
+        reply, self._contexts[node] = self.process(None, msg, self.context(node))
+        return reply
+
+
+@pytest.mark.parametrize("restart", [lambda k: False, lambda k: k in (5, 9, 10)], ids=["kept", "restarted"])
+def test_sticky_actors_give_the_run_of_contexts_always_sent_whole(restart):
+    """Under ``sticky_actors`` a node's message goes to the process that ran its last one, without the shard that
+    process keeps live; a process that restarted answers so and the message runs again with the whole context.
+    Rows, node models and checkpointed shards are those of a run where every message carries the whole context."""
+    sc = parse_scenario({**BASE, "gossip": {**BASE["gossip"], "mode": "push-pull", "timeout": 5},
+                         "output": {"checkpoint_every": 1}})  # fmt: skip
+    runs = []
+    for grid in (LocalGrid([1, 2]), StickyPoolGrid([1, 2], restart)):
+        rec, saved = MemoryRecorder(), []
+        rec.save_checkpoint = lambda saved=saved, **kw: saved.append(kw)
+        Engine(sc, rec, expected_workers=2).run(grid)
+        runs.append((rec.rows, saved, grid))
+    (want, want_saved, _), (got, got_saved, grid) = runs
+    timings = {"wall_time_s", "round_wall_s", "time_dispatch_s", "time_train_s", "time_aggregate_s", "time_eval_s"}
+    assert [{k: v for k, v in r.items() if k not in timings} for r in want] == [
+        {k: v for k, v in r.items() if k not in timings} for r in got
+    ]
+    assert len(want_saved) == len(got_saved) >= 2
+    for a, b in zip(want_saved, got_saved, strict=True):
+        models_a, models_b = a["strategy_state"]["node_models"], b["strategy_state"]["node_models"]
+        assert all(torch.equal(models_a[k], models_b[k]) for k in models_a)
+        shards_a, shards_b = a["resume"]["loop"].get("shards", {}), b["resume"]["loop"].get("shards", {})
+        assert shards_a.keys() == shards_b.keys()
+        for i in shards_a:
+            assert all(torch.equal(shards_a[i][k], shards_b[i][k]) for k in shards_a[i])
+    assert grid.sent_withheld > 10
+    # messages run one at a time here, so the pool's last free process runs both nodes' and keeps both shards live;
+    # its restarts before the 5th and 9th messages lose both: each node's next message went withheld, was
+    # answered so, and was sent again whole (the 10th, the 9th's second run, restarted with the whole context)
+    assert grid.sent_whole == (4 if restart(5) else 0)
