@@ -5,8 +5,9 @@
 FROM flwr/superexec:1.42.0
 
 USER root
-# A place for the deployment's certificates and keys that the app user may write (a named volume mounts here).
-RUN mkdir -p /certs /results && chown app:app /certs /results
+# Places the app user may write, where named volumes mount: the deployment's certificates and keys, results, and
+# the warm workers' sockets (each in a private folder the worker makes inside /run/fedsim).
+RUN mkdir -p /certs /results /run/fedsim && chown app:app /certs /results /run/fedsim
 USER app
 
 WORKDIR /app

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from fedsim.deploy.processes import Processes, last_lines
 from fedsim.deploy.submit import deployment_env
 
 DOCKER = ROOT / "docker"
-ORDER = ["certs", "superlink", "serverapp", "register", "supernode-0", "supernode-1", "clientapp-0", "clientapp-1", "submit"]  # fmt: skip
+ORDER = ["certs", "superlink", "serverapp", "register", "worker-0", "worker-1", "supernode-0", "supernode-1", "clientapp-0", "clientapp-1", "submit"]  # fmt: skip
 
 
 def compose() -> dict:
@@ -94,6 +95,11 @@ def test_the_compose_file_wires_tls_node_auth_and_one_partition_per_supernode():
             services["supernode-" + str(i)]["depends_on"]["register"]["condition"]
             == "service_completed_successfully"
         )
+        socket = f"/run/fedsim/sockets/worker-{i}.sock"  # the device's warm worker, in the volume they share
+        assert node[node.index("--node-config") + 1].endswith(f' fedsim-worker="{socket}"')
+        assert services[f"worker-{i}"]["command"] == ["--socket", socket]
+        assert "workers:/run/fedsim" in services[f"worker-{i}"]["volumes"]
+        assert "workers:/run/fedsim" in services[f"clientapp-{i}"]["volumes"]
         app = services[f"clientapp-{i}"]["command"]
         assert (
             app[app.index("--runtime-api-address") + 1] == f"supernode-{i}:{node[node.index('--port') + 1]}"
@@ -113,8 +119,8 @@ def localise(arg: str, ports: dict[str, int], folders: dict[str, Path], env: dic
     if port in ports and (not sep or host.startswith(("superlink", "supernode-"))):
         arg = f"{HOST}:{ports[port]}" if sep else str(ports[port])
     arg = {"0.0.0.0": HOST, "superlink": HOST}.get(arg, arg)
-    for old, new in folders.items():
-        arg = arg.replace(old, str(new)) if arg.startswith(old) else arg
+    for old, new in folders.items():  # a path alone, or inside a node config (fedsim-worker="...")
+        arg = arg.replace(old, str(new)) if arg.startswith(old) or f'"{old}' in arg else arg
     return arg
 
 
@@ -122,7 +128,8 @@ def localise(arg: str, ports: dict[str, int], folders: dict[str, Path], env: dic
 def test_the_compose_services_commands_run_a_deployment_that_survives_a_lost_device(tmp_path):
     services = compose()["services"]
     ports = {"9093": free_port(), "9094": free_port(), "9095": free_port()}
-    folders = {"/certs": tmp_path / "certs", "/results": tmp_path / "results"}
+    sockets = Path(tempfile.mkdtemp(prefix="fw-"))  # short: a Unix socket's path must stay under ~100 bytes
+    folders = {"/certs": tmp_path / "certs", "/results": tmp_path / "results", "/run/fedsim": sockets}
     env = {"POPULATION": "2", "SCENARIO": "tests/deploy/dropout.yaml"}
     procs = Processes(tmp_path / "logs", deployment_env(tmp_path / "home"))
     argv = {
@@ -145,8 +152,12 @@ def test_the_compose_services_commands_run_a_deployment_that_survives_a_lost_dev
                 break
             time.sleep(0.2)
         assert procs.procs["submit"].wait(timeout=300) == 0, last_lines(procs.log("submit"))
+        for i in range(2):  # each device's ClientApps went through its warm worker (a missing one fails the run)
+            assert f"listening on {sockets}/sockets/worker-{i}.sock" in procs.log(f"worker-{i}").read_text()
+            assert procs.exited(f"worker-{i}") is None
     finally:
         procs.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
     rows = [json.loads(l) for l in metrics()[0].read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[0]["clients"] == 2 and rows[0]["dropped"] == 0
