@@ -78,6 +78,7 @@ def test_ray_and_inprocess_backends_give_the_same_metrics_and_model(tmp_path):
     local_log, local_dir, _ = run(scenario, tmp_path, "inprocess")
     assert ray_log.startswith("starting 2 ray workers (engine.backend: ray)")
     assert local_log.startswith("starting 2 inprocess workers (engine.backend: inprocess)")
+    assert "(raylet)" not in ray_log and "retries remaining" not in ray_log  # Ray's shutdown says nothing
     a, b = rows(ray_dir), rows(local_dir)
     assert len(a) == scenario["rounds"] and a == b
     assert_a_dp_run_writes_what_it_spent(ray_dir, out_of_ray)
