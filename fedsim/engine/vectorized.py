@@ -166,10 +166,12 @@ def train_chunk(
     """Train K clients together for ``rows.shape[1]`` steps; return stacked final params and mean losses.
 
     ``rows``/``mask`` come from :func:`batch_plan`; ``train_x``/``train_y`` are the pooled training tensors on
-    the model's device. The returned stacks are fresh memory in their gradients' layout (see
-    :func:`_laid_out_like`; the caller may overwrite them). The first step reads the global parameters
-    broadcast (no copy per client); its update creates the stack. When the optimizer ends in a constant scale (the
-    learning rate of SGD, Adam, ...), that scale is folded into the in-place addition (``trailing_scale``).
+    the model's device. The returned stacks are fresh memory (the caller may overwrite them), each in its
+    gradient's layout (:func:`_laid_out_like`) or, for weights stepped directly, wider dimension last
+    (:mod:`fedsim.engine.direct_sgd`). The first step reads the global parameters broadcast (no copy per client).
+    When the optimizer ends in a constant scale (the learning rate of SGD, Adam, ...), that scale is folded into
+    the in-place addition (``trailing_scale``); when nothing else is left of it (plain SGD) and the model has a
+    stacked forward, its linear weights take ``factor · dYᵀ·X`` directly, without a materialised gradient.
     """
     device = train_x.device
     k, steps = rows.shape[0], rows.shape[1]
