@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -85,18 +86,12 @@ def wait_listening(procs: Processes, name: str, host: str, port: int, *, timeout
     Raises:
         DeployError: it exited first (with its most telling log line) or missed the deadline.
     """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if procs.exited(name) is not None:
-            raise procs.failure(name, "flower-superlink")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise DeployError(
-        f"flower-superlink did not listen on {host}:{port} within {timeout_s:g} s (log: {procs.log(name)})"
-    )
+
+    def connect() -> None:
+        with socket.create_connection((host, port), timeout=0.5):
+            pass
+
+    _wait_accepting(procs, name, "flower-superlink", f"{host}:{port}", connect, timeout_s=timeout_s)
 
 
 def wait_socket(procs: Processes, name: str, path: Path, *, timeout_s: float) -> None:
@@ -105,19 +100,28 @@ def wait_socket(procs: Processes, name: str, path: Path, *, timeout_s: float) ->
     Raises:
         DeployError: it exited first (with its most telling log line) or missed the deadline.
     """
+
+    def connect() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+
+    _wait_accepting(procs, name, "fedsim worker daemon", str(path), connect, timeout_s=timeout_s)
+
+
+def _wait_accepting(
+    procs: Processes, name: str, what: str, where: str, connect: Callable[[], None], *, timeout_s: float
+) -> None:
+    """Poll ``connect`` until it succeeds; fail when ``name`` exits first or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if procs.exited(name) is not None:
-            raise procs.failure(name, "fedsim worker daemon")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.1)
-    raise DeployError(
-        f"fedsim worker daemon did not listen on {path} within {timeout_s:g} s (log: {procs.log(name)})"
-    )
+            raise procs.failure(name, what)
+        try:
+            connect()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise DeployError(f"{what} did not listen on {where} within {timeout_s:g} s (log: {procs.log(name)})")
 
 
 def user_certificates(folder: Path) -> ServerCertificates:

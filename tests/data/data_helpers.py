@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fedsim.data import FederatedData, load_federated_data
@@ -35,3 +36,24 @@ def mean_max_share(data: FederatedData) -> float:
     """Mean over clients of the share of the client's most frequent class (1/num_classes = perfectly mixed)."""
     counts = label_counts(data)
     return sum(max(c) / sum(c) for c in counts) / len(counts)
+
+
+def write_image_parquets(folder: Path) -> tuple[Path, Path]:
+    """Gray 6x5 images with ClassLabel labels written as parquet into ``folder``: a train file (60 rows) and a test
+    file (20 rows); the paths."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+    paths = []
+    for name, n in (("train", 60), ("test", 20)):
+        pixels = rng.integers(0, 256, size=(n, 6, 5), dtype=np.uint8)
+        ds = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(p) for p in pixels], "label": [i % 4 for i in range(n)]},
+            features=features,
+        )
+        ds.to_parquet(str(folder / f"{name}.parquet"))
+        paths.append(folder / f"{name}.parquet")
+    return paths[0], paths[1]

@@ -8,8 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from data_helpers import load
-from PIL import Image
+from data_helpers import load, write_image_parquets
 
 from fedsim.errors import ConfigError
 
@@ -34,19 +33,7 @@ def tabular(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> tuple[Path, Path]:
     """Gray 6x5 images with ClassLabel labels: a train file (60 rows) and a test file (20 rows)."""
-    rng = np.random.default_rng(1)
-    folder = tmp_path_factory.mktemp("img")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
-    paths = []
-    for name, n in (("train", 60), ("test", 20)):
-        pixels = rng.integers(0, 256, size=(n, 6, 5), dtype=np.uint8)
-        ds = datasets.Dataset.from_dict(
-            {"image": [Image.fromarray(p) for p in pixels], "label": [i % 4 for i in range(n)]},
-            features=features,
-        )
-        ds.to_parquet(str(folder / f"{name}.parquet"))
-        paths.append(folder / f"{name}.parquet")
-    return paths[0], paths[1]
+    return write_image_parquets(tmp_path_factory.mktemp("img"))
 
 
 def _load(path: Path, tmp_path: Path, **overrides):
