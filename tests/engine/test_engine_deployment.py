@@ -43,13 +43,16 @@ def devices(partitions, *, population=POPULATION):
 
 
 class RecordingGrid(LocalGrid):
-    """Records the client ids of every train message and can hold some nodes' replies back for a while."""
+    """Records the client ids of every train message and can hold some nodes' replies back: for ``delay_s``
+    seconds, or (``held_for``) until that many more train messages have been pushed after them, which does not
+    depend on how fast the machine trains."""
 
-    def __init__(self, node_configs, *, slow=(), delay_s=0.0, unavailable=lambda rnd, node: False):
+    def __init__(self, node_configs, *, slow=(), delay_s=0.0, held_for=0, unavailable=lambda rnd, node: False):
         super().__init__(list(node_configs), node_configs=node_configs)
-        self.slow, self.delay_s, self.unavailable = set(slow), delay_s, unavailable
+        self.slow, self.delay_s, self.held_for, self.unavailable = set(slow), delay_s, held_for, unavailable
         self.clients_sent: list[tuple[int, int, list[int]]] = []  # (round, node, client ids)
         self.ready_at: dict[str, float] = {}
+        self.ready_after: dict[str, int] = {}  # message id -> train messages pushed before its reply shows
 
     def push_messages(self, messages):
         messages = list(messages)
@@ -60,6 +63,8 @@ class RecordingGrid(LocalGrid):
             cfg = msg.content.config_records.get("fedsim.config")
             if cfg is not None and "client_ids" in cfg:  # slow devices train slowly; they get ready at once
                 self.ready_at[msg_id] = now + (self.delay_s if node in self.slow else 0.0)
+                if node in self.slow and self.held_for:
+                    self.ready_after[msg_id] = len(self.clients_sent) + 1 + self.held_for
                 rnd = int(cfg["round"])
                 self.clients_sent.append((rnd, node, [int(c) for c in cfg["client_ids"]]))
                 if self.unavailable(rnd, node):  # what the SuperLink answers for a node that went away
@@ -70,7 +75,9 @@ class RecordingGrid(LocalGrid):
 
     def pull_messages(self, message_ids):
         now = time.monotonic()
-        return super().pull_messages([i for i in message_ids if self.ready_at.get(i, 0.0) <= now])
+        pushed = len(self.clients_sent)
+        ready = [i for i in message_ids if self.ready_at.get(i, 0.0) <= now and self.ready_after.get(i, 0) <= pushed]
+        return super().pull_messages(ready)
 
 
 def run(grid, overrides=None, **kw):
@@ -245,7 +252,7 @@ def test_a_wrong_placement_name_fails_before_round_1():
 
 def test_fedbuff_on_devices_steps_in_the_order_replies_really_arrive():
     """Real devices: a FedBuff step takes the first c replies that arrive; slow devices join later steps."""
-    grid = RecordingGrid(devices(range(4), population=4), slow={100, 101}, delay_s=0.3)
+    grid = RecordingGrid(devices(range(4), population=4), slow={100, 101}, held_for=4)
     rec = run(
         grid,
         {
@@ -257,8 +264,8 @@ def test_fedbuff_on_devices_steps_in_the_order_replies_really_arrive():
     )
     rows = rec.rows
     assert all(r["clients"] == 2 for r in rows)
-    # the fast devices (partitions 2, 3) answer at once, so they fill the first buffers; the slow ones arrive
-    # 0.3 s later, from version 0: stale by the time they are used
+    # the fast devices (partitions 2, 3) answer at once, so they fill the first buffers; the slow ones answer
+    # after four more train messages have gone out, from version 0: stale by the time they are used
     first_step = [cids for rnd, node, cids in grid.clients_sent if rnd == 1]
     assert sorted(c for cids in first_step for c in cids) == [2, 3]  # restarted after step 1
     assert rows[0]["staleness"] == [0, 0]
