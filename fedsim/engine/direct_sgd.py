@@ -20,6 +20,8 @@ from functools import lru_cache
 
 import torch
 
+from fedsim.engine.stacks import broadcast_into
+
 PROBE_CLIENTS = 64
 """Clients in the probe: enough elements that the worst error is a stable statistic even for a tiny layer."""
 
@@ -34,13 +36,9 @@ def weight_stack(broadcast: torch.Tensor) -> torch.Tensor:
     """A fresh ``[K, out, in]`` stack of one client's linear weight broadcast to K, stored with its wider
     dimension last (contiguous, or a transposed view of a contiguous ``[K, in, out]``)."""
     k, out, inp = broadcast.shape
-    one = broadcast[0]
-    if out > inp:
-        stack = torch.empty(k, inp, out, dtype=broadcast.dtype, device=broadcast.device)
-        stack.copy_(one.t().unsqueeze(0).expand(k, inp, out))
-        return stack.transpose(1, 2)
-    stack = torch.empty(k, out, inp, dtype=broadcast.dtype, device=broadcast.device)
-    return stack.copy_(one.unsqueeze(0).expand(k, out, inp))
+    make = dict(dtype=broadcast.dtype, device=broadcast.device)
+    stack = torch.empty(k, inp, out, **make).transpose(1, 2) if out > inp else torch.empty(k, out, inp, **make)
+    return broadcast_into(stack, broadcast[0])
 
 
 def step(weight: torch.Tensor, inputs: torch.Tensor, out_grad: torch.Tensor, factor: float) -> None:

@@ -109,7 +109,7 @@ def _layer(m: nn.Module, prefix: str) -> Layer | None:
         return lambda params, x, taps: _per_example(m, x)
     if kind is nn.Flatten:
         start, end = m.start_dim, m.end_dim
-        return lambda params, x, taps: x.flatten(_shift(start, x), _shift(end, x))
+        return lambda params, x, taps: x.flatten(_shift(start), _shift(end))
     if kind is Reshape:
         shape = tuple(m.shape)
         return lambda params, x, taps: x.reshape(x.shape[0], x.shape[1], *shape)
@@ -120,7 +120,7 @@ def _layer(m: nn.Module, prefix: str) -> Layer | None:
     return None
 
 
-def _shift(dim: int, x: torch.Tensor) -> int:
+def _shift(dim: int) -> int:
     """A per-example module's dimension (batch first) in the stacked tensor (clients first)."""
     return dim + 1 if dim >= 0 else dim
 

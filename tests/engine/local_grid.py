@@ -8,7 +8,10 @@ or answer it with an error. Node configs are empty unless given (``--node-config
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from flwr.app import Error, Message
 
@@ -68,3 +71,19 @@ class MemoryRecorder:
     def save_checkpoint(self, *, round, params, strategy_state, final=False, resume=None):
         self.checkpoints.append(round)
         self.final_params = params
+
+
+def run_traced(scenario: Any, workers: int = 2) -> tuple[MemoryRecorder, int, float]:
+    """Run ``scenario`` on a ``LocalGrid`` of ``workers`` nodes under ``tracemalloc``: the recorder, the peak of
+    traced Python memory in bytes and the wall seconds."""
+    from fedsim.engine.server import Engine
+
+    rec = MemoryRecorder()
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        Engine(scenario, rec, expected_workers=workers).run(LocalGrid(list(range(1, workers + 1))))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return rec, peak, time.perf_counter() - start

@@ -6,12 +6,9 @@ stays a few bytes per client; the result does not depend on how many workers sha
 
 from __future__ import annotations
 
-import time
-import tracemalloc
-
 import pytest
 import torch
-from local_grid import LocalGrid, MemoryRecorder
+from local_grid import LocalGrid, MemoryRecorder, run_traced
 
 from fedsim.engine.server import Engine
 from fedsim.scenario import parse_scenario
@@ -41,15 +38,7 @@ def _scenario(clients: int, *, rounds: int = 1, cohort: int = 100, shape=(784,))
 def test_a_million_client_drawn_clients_start_in_seconds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSIM_CACHE_DIR", str(tmp_path))
     sc = parse_scenario(_scenario(1_000_000))
-    rec = MemoryRecorder()
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        Engine(sc, rec, expected_workers=2).run(LocalGrid([1, 2]))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    wall = time.perf_counter() - start
+    rec, peak, wall = run_traced(sc)
     row = rec.rows[0]
     print(f"\n10^6 client-drawn clients: run {wall:.2f} s, peak traced {peak / 1e6:.1f} B/client")
     assert row["clients"] == 100 and row["dropped"] == 0

@@ -6,10 +6,7 @@ of 10^6 and bounds both the start-up time and the memory traced per logical clie
 
 from __future__ import annotations
 
-import time
-import tracemalloc
-
-from local_grid import LocalGrid, MemoryRecorder
+from local_grid import LocalGrid, MemoryRecorder, run_traced
 
 from fedsim.engine.server import Engine
 from fedsim.scenario import parse_scenario
@@ -41,15 +38,7 @@ SCENARIO = {
 def test_a_million_client_population_starts_fast_and_costs_no_per_client_objects(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSIM_CACHE_DIR", str(tmp_path))
     sc = parse_scenario(SCENARIO)
-    rec = MemoryRecorder()
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        Engine(sc, rec, expected_workers=2).run(LocalGrid([1, 2]))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    wall = time.perf_counter() - start
+    rec, peak, wall = run_traced(sc)
     row = rec.rows[0]
     print(
         f"\n10^6 clients: run {wall:.2f} s (round {row['round_wall_s']:.2f} s), peak traced {peak / CLIENTS:.1f} B/client"
