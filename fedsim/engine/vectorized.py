@@ -204,7 +204,7 @@ def train_chunk(
 
 def gather_rows(pooled: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``pooled[rows]`` for an index tensor ``rows`` of any shape, through ``index_select`` on the flattened index:
-    the same values, ~5× faster on a CPU than advanced indexing for a chunk's mini-batches."""
+    the same values, in a faster kernel on a CPU than advanced indexing for a chunk's mini-batches."""
     return pooled.index_select(0, rows.reshape(-1)).view(*rows.shape, *pooled.shape[1:])
 
 
