@@ -89,7 +89,7 @@ def main() -> None:
             first, rows = fedsim_run(scenario(args.rounds, clusters[n].address), tmp, f"run{i}-{n}")
             s_round = statistics.median(r["round_wall_s"] for r in rows[1:])
             per_round[n].append(s_round)
-            used = {node for node, _ in query(clusters[n].address, "actors('ClientAppActor')")}
+            used = {node for node, _ in query(clusters[n].address, "actors('WorkerActor')")}
             print(
                 f"{n} raylet{'s' if n > 1 else ''}: {first.split(' for ')[0]}; actors on {len(used)} raylet(s); "
                 f"{s_round:.3f} s/round (median of rounds 2-{args.rounds})",

@@ -3,6 +3,7 @@
     python bench/population_scale.py                          # blobs, 10^4, 10^5, 10^6 clients, in-process
     python bench/population_scale.py --dataset synthetic      # synthetic (natural users), same sizes
     python bench/population_scale.py --clients 10000 --backend ray
+    python bench/population_scale.py --clients 10000 --backend ray --repeat 5   # median of 5 warm runs each
     python bench/population_scale.py --dataset regression     # data start-up only (see below), same sizes
     python bench/population_scale.py --dataset parquet        # a parquet file of 10^4, 10^5, 10^6 rows
 
@@ -13,7 +14,9 @@ workers, placement, device profiles); the round's wall time; and the process's p
 population size it runs, one after another, ``draw: client`` (each client's examples drawn when its round asks
 for them, ``fedsim.data.lazy``) and ``draw: population`` (the whole population materialised and written to the
 data cache) twice, cold cache then warm; ``population`` is skipped where its training set would exceed
-``--max-materialised-gb``. The last column is population/client start-up, measured in this run.
+``--max-materialised-gb``. The last column is population/client start-up, measured in this run. Start-up varies
+from run to run by several tenths of a second on a small machine (Ray's processes start together on few cores):
+``--repeat N`` runs each warm measurement N times and reports the medians, and lists every run's start-up.
 
 The workload is the issue's: blobs of 4 examples of 784 floats per client (synthetic: 40 examples of 784
 floats per user, ``samples: {dist: constant, value: 50}`` with 20% held out), an MLP 784-64-10, a cohort of 100
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,6 +202,18 @@ print(json.dumps({
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def repeated(spec: dict[str, Any], cache: Path, data_only: bool, times: int) -> dict[str, Any]:
+    """:func:`measure` ``times`` times, each in a fresh process: the median of each figure, and with more than one
+    run every run's start-up (``startup_each_s``, in the order they ran)."""
+    runs = [measure(spec, cache, data_only) for _ in range(times)]
+    out: dict[str, Any] = {
+        key: None if runs[0][key] is None else statistics.median(r[key] for r in runs) for key in runs[0]
+    }
+    if times > 1:
+        out["startup_each_s"] = [r["startup_s"] for r in runs]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,7 +222,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess")
     parser.add_argument("--max-materialised-gb", type=float, default=4.0)
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="run each warm measurement this many times, each in a fresh process, and report the median (the "
+        "start-up of every run is listed at the end of its row)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat: expected a positive number of runs")
     data_only = args.dataset in ("regression", "parquet")
     what = "data start-up and a cohort's reading (round_s)" if data_only else "one round"
     print(f"{args.dataset}, backend {args.backend}, cohort 100, {what}; times in s, peak RSS in MB")
@@ -220,22 +243,25 @@ def main() -> None:
             if args.dataset == "parquet":
                 write_parquet(Path(tmp) / f"rows-{clients}.parquet", clients)
             spec = scenario(args.dataset, clients, "client", args.backend, Path(tmp))
-            runs.append(("client", measure(spec, cache, data_only)))
-            if args.dataset == "parquet":  # the first run converted the file: a second one maps it
-                runs[0] = ("client, cold", runs[0][1])
-                runs.append(("client, warm", measure(spec, cache, data_only)))
+            if args.dataset == "parquet":  # the first run converts the file: the next ones map it
+                runs.append(("client, cold", measure(spec, cache, data_only)))
+                runs.append(("client, warm", repeated(spec, cache, data_only, args.repeat)))
+            else:
+                runs.append(("client", repeated(spec, cache, data_only, args.repeat)))
             if materialised_gb(args.dataset, clients) <= args.max_materialised_gb:
                 spec = scenario(args.dataset, clients, "population", args.backend, Path(tmp))
                 runs.append(("population, cold", measure(spec, cache, data_only)))
-                runs.append(("population, warm", measure(spec, cache, data_only)))
+                runs.append(("population, warm", repeated(spec, cache, data_only, args.repeat)))
             for label, r in runs:
                 ratio = ""
                 if label.startswith("population"):
                     ratio = f"   {r['startup_s'] / runs[0][1]['startup_s']:.1f}x"
                 acc = r["test_accuracy"]
+                each = r.get("startup_each_s", [])
+                listed = f"   start-up of the {len(each)} runs: {' '.join(f'{x:.2f}' for x in each)}" if each else ""
                 print(
                     f"{clients:>9} {label:<18} {r['import_s']:>8.2f} {r['startup_s']:>9.2f} {r['round_s']:>8.2f} "
-                    f"{r['peak_rss_mb']:>9.0f} {'-' if acc is None else format(acc, '.3f'):>8}{ratio}",
+                    f"{r['peak_rss_mb']:>9.0f} {'-' if acc is None else format(acc, '.3f'):>8}{ratio}{listed}",
                     flush=True,
                 )
             if not any(label.startswith("population") for label, _ in runs):

@@ -297,20 +297,22 @@ def ray_cluster(init_args: Mapping[str, Any], stop: StopRequest | None = None) -
     """Ray for one run: started (or connected, with ``address``) on entry; shut down, and anything of it that
     is left killed, on exit, however the block ends.
 
-    ``init_args`` are ``ray.init`` arguments (:func:`fedsim.engine.simulation.backend_config`'s ``init_args``);
-    the runtime environment passes the driver's ``sys.path`` on as Flower's own start of Ray does."""
+    ``init_args`` are ``ray.init`` arguments (:func:`fedsim.engine.simulation.backend_config`'s ``init_args``).
+    The driver's ``sys.path`` reaches the workers as ``PYTHONPATH``, as with Flower's own start of Ray: a cluster
+    started here inherits it from this process's environment; on an existing cluster it goes in the job's runtime
+    environment. A local cluster is given no runtime environment on purpose: with one, Ray starts every actor's
+    process through its runtime-env agent and a second exec, instead of handing it a worker it started already."""
     import ray
 
     if ray.is_initialized():  # someone else's Ray in this process: Flower uses it and shuts it down as before
         yield RayCluster(None)
         return
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-    args = {**init_args, "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
-    if args.get("address"):  # an existing cluster: only our connection to it is ours
-        check_reachable(args["address"])
+    if init_args.get("address"):  # an existing cluster: only our connection to it is ours
+        check_reachable(init_args["address"])
         with _environ({"PYTHONPATH": pythonpath}):
             try:
-                _init_ray(args, stop)
+                _init_ray({**init_args, "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}, stop)
                 yield RayCluster(None)
             finally:
                 ray.shutdown()
@@ -322,7 +324,7 @@ def ray_cluster(init_args: Mapping[str, Any], stop: StopRequest | None = None) -
     try:
         with _environ({MARKER: token, "PYTHONPATH": pythonpath}):
             try:
-                _init_ray({**args, "_temp_dir": temp_dir}, stop)
+                _init_ray({**init_args, "_temp_dir": temp_dir}, stop)
                 yield RayCluster(token)
             finally:
                 ray.shutdown()

@@ -376,7 +376,7 @@ def quiet_actor_termination() -> Iterator[None]:
 
     Flower ends each actor with ``actor.terminate.remote()``, whose ``exit_actor`` Ray counts as a failed task; with
     the retries the worker actors are given (``WORKER_RESTARTS``, so a dead worker's message runs again) every run
-    ended with one ``(raylet) Task ClientAppActor.terminate failed. There are 3 retries remaining ...`` line per
+    ended with one ``(raylet) Task WorkerActor.terminate failed. There are 3 retries remaining ...`` line per
     worker. The termination is sent with ``max_task_retries=0`` instead. With another Flower than the locked one
     (another signature) nothing is replaced."""
     import inspect
@@ -481,13 +481,16 @@ def simulate_ray(
     before any worker is created; during the simulation see :func:`insisting_ends_simulation`. When the
     ServerApp ends with an exception (``RunStopped`` included), the tasks still in flight are failed at once
     rather than waited for."""
+    import ray  # noqa: F401  (first, in this thread: the modules below import it too)
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
 
+    from fedsim.engine.background_import import BackgroundImport
+    from fedsim.engine.ray_actor import light_actors
     from fedsim.engine.ray_guard import ray_cluster
-    from fedsim.engine.worker import client_app
 
+    # Flower's simulation module (~0.8 s: its SuperLink state) and fedsim's worker load while Ray starts
+    later = BackgroundImport("flwr.simulation", "fedsim.engine.worker")
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
     gone = threading.Event()
@@ -525,6 +528,11 @@ def simulate_ray(
         stopped_before_start(stop)
         with ray_cluster(ray_init_args(scenario), stop) as outcome["cluster"]:
             stopped_before_start(stop)
+            later.join()
+            from flwr.simulation import run_simulation
+
+            from fedsim.engine.worker import client_app
+
             # on an existing cluster, the workers and their shares follow its nodes, read now it is connected
             nodes = cluster_nodes() if scenario.engine.ray_address else local_nodes()
             workers = workers_for(scenario, nodes)
@@ -542,6 +550,7 @@ def simulate_ray(
                 with (
                     insisting_ends_simulation(stop, teardown, gone, end_tasks),
                     prompt_message_pickup(),
+                    light_actors(),
                     sticky_actors(),
                     quiet_actor_termination(),
                     driver_threads(scenario),

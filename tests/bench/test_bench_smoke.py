@@ -66,3 +66,15 @@ def test_engine_vs_pfl_floor_arm_and_pfl_skipped_or_run(tmp_path):
     else:
         assert result["pfl"]["s_per_round"] > 0 and result["pfl"]["processes"] == 1
     assert "| FLOP floor |" in proc.stdout
+
+
+def test_population_scale_repeats_warm_runs_and_reports_their_median():
+    proc = bench("population_scale.py", "--dataset", "regression", "--clients", "200", "--repeat", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {row[10:28].strip(): row for row in proc.stdout.splitlines() if row.startswith("      200 ")}
+    assert list(rows) == ["client", "population, cold", "population, warm"], proc.stdout
+    assert "runs:" not in rows["population, cold"]  # a cold cache is cold once: one run
+    for label in ("client", "population, warm"):
+        startup = float(rows[label][28:].split()[1])
+        listed = sorted(float(x) for x in rows[label].split("start-up of the 3 runs:")[1].split())
+        assert len(listed) == 3 and startup == listed[1]  # the median of the three runs listed

@@ -70,7 +70,7 @@ def test_workers_auto_on_a_two_raylet_cluster_uses_both_raylets_and_gives_the_in
             on_cluster = {**scenario, "engine": {"workers": "auto", "ray_address": cluster.address}}
             log, cluster_dir = finish(start_run(on_cluster, tmp_path, "cluster"))
             nodes = query(cluster.address, "nodes()")
-            actors = query(cluster.address, "actors('ClientAppActor')")
+            actors = query(cluster.address, "actors('WorkerActor')")
     finally:
         _, local_dir = finish(local)
 

@@ -209,7 +209,7 @@ def test_ctrl_c_a_dead_worker_and_kill_9_mid_run_leave_nothing_and_the_run_ends_
 
     proc, err = start_run(tmp_path, rounds, "--resume", str(run_dir), tag="-resumed")
     wait_for(lambda: rows_in(tmp_path) >= stopped_at + 2, 180, "two more rounds", proc, err)
-    actors = [pid for (pid, _), cmd in ray_processes(proc.pid).items() if cmd.startswith("ray::ClientAppActor")]
+    actors = [pid for (pid, _), cmd in ray_processes(proc.pid).items() if cmd.startswith("ray::WorkerActor")]
     assert actors, ray_processes(proc.pid)
     os.kill(actors[0], signal.SIGKILL)  # a worker process dies mid-run: Ray restarts it and runs its message again
     killed_at = rows_in(tmp_path)
