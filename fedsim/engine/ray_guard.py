@@ -56,6 +56,12 @@ WATCH_POLL_S = 0.25
 REAP_WAIT_S = 5.0
 """How long a sweep keeps killing and waiting for this run's processes to be gone."""
 
+LOCAL_SYSTEM_CONFIG = {"raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
+"""Ray settings of a cluster started here: a client of a Ray socket not yet listening retries every 0.1 s instead of
+every 1 s, 100 times (the same 10 s in all as Ray's default of 10 tries). The raylet connects to the object store it
+has just started in another thread: in about one start in three the store was not listening yet, and the wait of
+1 s that followed was the whole difference between a slow and a fast ``ray.init`` (2.5 s against 3.5 s on 2 cores)."""
+
 
 def run_token(pid: int | None = None) -> str:
     """A token unique to one run: the driver's pid (so a test or a user can find the run's processes) and a
@@ -324,7 +330,7 @@ def ray_cluster(init_args: Mapping[str, Any], stop: StopRequest | None = None) -
     try:
         with _environ({MARKER: token, "PYTHONPATH": pythonpath}):
             try:
-                _init_ray({**init_args, "_temp_dir": temp_dir}, stop)
+                _init_ray({**init_args, "_temp_dir": temp_dir, "_system_config": LOCAL_SYSTEM_CONFIG}, stop)
                 yield RayCluster(token)
             finally:
                 ray.shutdown()

@@ -31,6 +31,7 @@ def test_a_local_cluster_inherits_the_path_and_has_no_runtime_environment(calls)
         pass
     [(args, pythonpath)] = calls
     assert "runtime_env" not in args and args["include_dashboard"] is False and "_temp_dir" in args
+    assert args["_system_config"] == ray_guard.LOCAL_SYSTEM_CONFIG
     assert set(sys.path) <= set(pythonpath.split(os.pathsep))
 
 
@@ -38,6 +39,6 @@ def test_an_existing_cluster_gets_the_path_in_its_runtime_environment(calls):
     with ray_guard.ray_cluster({"address": "127.0.0.1:6379"}):
         pass
     [(args, pythonpath)] = calls
-    assert args["address"] == "127.0.0.1:6379" and "_temp_dir" not in args
+    assert args["address"] == "127.0.0.1:6379" and "_temp_dir" not in args and "_system_config" not in args
     assert args["runtime_env"] == {"env_vars": {"PYTHONPATH": pythonpath}}
     assert set(sys.path) <= set(pythonpath.split(os.pathsep))
