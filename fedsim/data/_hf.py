@@ -273,7 +273,7 @@ def build_mapped(
                 _parquet_tables(files[split], x_cols, file_features), len(source_of(split)), x_cols
             )
         ds = source_of(split)
-        return _feature_batches(_arrow_tables(ds), len(ds), x_cols, ds.features)
+        return _feature_batches(_arrow_tables(ds), len(ds), x_cols)
 
     def source_of(split: str) -> datasets.Dataset:
         return loaded.raw[split]

@@ -103,6 +103,20 @@ def test_every_client_holds_the_materialised_paths_rows(
     assert torch.equal(view.train_x[rows], pooled.client_data(0)[0])
 
 
+@pytest.mark.parametrize(("partitioner", "args"), [("iid", {}), ("natural", {"user": "user"})])
+def test_hf_streams_its_arrow_files_into_the_same_clients(tabular, tmp_path, partitioner, args):
+    """``hf:`` converts from the Arrow files ``datasets`` made (not from parquet row groups, as ``parquet:``): a
+    local dataset folder loads offline through the same ``hf:`` path as a Hub name."""
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(tabular.read_bytes())
+    common = {"cache_dir": str(tmp_path / "hf-cache"), **args}
+    kw = {"partitioner": partitioner, "num_clients": 6, "seed": 2}
+    pooled = load(dataset=f"hf:{folder}", args=common, **kw)
+    mapped = load(dataset=f"hf:{folder}", args={**common, "draw": "client"}, **kw)
+    _assert_same(pooled, mapped)
+
+
 def test_images_with_a_test_file(images, tmp_path):
     train, test = images
     pooled, mapped = _both(train, tmp_path, args={"test_path": str(test)}, num_clients=3)
