@@ -59,8 +59,8 @@ REAP_WAIT_S = 5.0
 LOCAL_SYSTEM_CONFIG = {"raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
 """Ray settings of a cluster started here: a client of a Ray socket not yet listening retries every 0.1 s instead of
 every 1 s, 100 times (the same 10 s in all as Ray's default of 10 tries). The raylet connects to the object store it
-has just started in another thread: in about one start in three the store was not listening yet, and the wait of
-1 s that followed was the whole difference between a slow and a fast ``ray.init`` (2.5 s against 3.5 s on 2 cores)."""
+has just started in another thread: in some starts the store was not listening yet, and the 1 s wait that followed
+made ``ray.init`` 1 s slower (``bench/population_scale.py --backend ray --repeat N``: two groups of start-ups)."""
 
 
 def run_token(pid: int | None = None) -> str:
