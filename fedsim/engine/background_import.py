@@ -1,7 +1,7 @@
 """Importing modules in a thread, while the caller's thread waits on something else.
 
-A Ray run's driver needs Flower's simulation package (~0.8 s to import: it loads Flower's SuperLink state) and
-fedsim's worker module only once Ray is up, and ``ray.init`` spends most of its ~2.5 s waiting for Ray's processes:
+A Ray run's driver needs Flower's simulation package (slow to import: it loads Flower's SuperLink state) and
+fedsim's worker module only once Ray is up, and ``ray.init`` spends most of its seconds waiting for Ray's processes:
 :class:`BackgroundImport` overlaps the two."""
 
 from __future__ import annotations

@@ -489,7 +489,7 @@ def simulate_ray(
     from fedsim.engine.ray_actor import light_actors
     from fedsim.engine.ray_guard import ray_cluster
 
-    # Flower's simulation module (~0.8 s: its SuperLink state) and fedsim's worker load while Ray starts
+    # Flower's simulation package (it loads Flower's SuperLink state) and fedsim's worker load while Ray starts
     later = BackgroundImport("flwr.simulation", "fedsim.engine.worker")
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
