@@ -81,6 +81,10 @@ class FederatedData:
         idx = torch.from_numpy(self.partitions[self._check(cid)].copy())
         return self.train_x[idx], self.train_y[idx]
 
+    def sizes(self) -> np.ndarray:
+        """Every client's number of training examples (a new int64 array), as ``LazyFederatedData.sizes``."""
+        return self.partitions.sizes()
+
     def num_examples(self, cid: int) -> int:
         """Number of training examples of client ``cid``."""
         offsets = self.partitions.offsets

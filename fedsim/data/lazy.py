@@ -9,8 +9,8 @@ keyed by the run seed and the client id, so any process makes any client's data 
 (``cohort``), keeping the most recently drawn clients in this module's cache, bounded in bytes.
 
 ``cohort(cids)`` returns an ordinary ``FederatedData`` holding only those clients' examples, so the cohort
-trainers run on it unchanged. Code that wants the whole population pooled (``train_x``, ``partitions``: gossip)
-gets it materialised once, on first use.
+trainers run on it unchanged (so does a gossip worker's shard, with its own nodes as the cohort). Code that wants
+the whole population pooled (``train_x``, ``partitions``) gets it materialised once, on first use.
 """
 
 from __future__ import annotations

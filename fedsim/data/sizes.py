@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.base import PARTITION, TRAIN_LABELS
-from fedsim.data.federated import LazyFederatedData, data_request
+from fedsim.data.federated import data_request
 from fedsim.data.partitioners import partition_arrays
 
 LABEL_FREE_PARTITIONERS = ("iid", "natural")
@@ -97,5 +97,4 @@ def client_sizes(scenario: Any, build: Callable[[], Any] | None = None) -> np.nd
         data = load_federated_data(**kwargs)
     else:
         data = build()
-    # a client-drawn dataset knows its sizes; its ``partitions`` would materialise every client
-    return data.sizes() if isinstance(data, LazyFederatedData) else data.partitions.sizes()
+    return data.sizes()  # a client-drawn dataset knows its sizes without materialising a client

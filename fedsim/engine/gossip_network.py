@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.data import FederatedData
+from fedsim.data import FederatedData, LazyFederatedData
 from fedsim.engine.setup import build_initial_model
 from fedsim.gossip.schedule import Schedule, profile_intervals
 from fedsim.gossip.shard import GossipShard, ProtocolConfig
@@ -47,7 +47,7 @@ def topology_seed(scenario: Scenario) -> int:
     return derive_int(scenario.seed, Stream.TOPOLOGY, bits=32)
 
 
-def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> Network:
+def build_network(scenario: Scenario, data: FederatedData | LazyFederatedData, model: nn.Module) -> Network:
     """The topology, the protocol and the event schedule of a gossip scenario.
 
     Raises:
@@ -65,7 +65,7 @@ def build_network(scenario: Scenario, data: FederatedData, model: nn.Module) -> 
     profiles = DeviceProfiles.from_scenario(scenario)
     fixed = None
     if g.schedule == "profile":
-        sizes = np.array([len(p) for p in data.partitions[:n]], dtype=np.int64)
+        sizes = data.sizes()[:n]  # a client-drawn dataset's without materialising it
         work = sizes if g.unit == "epoch" else np.minimum(sizes, scenario.client.batch_size)
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         fanout = np.array([len(a) for a in neighbours]) if protocol.pushes else np.ones(n, dtype=np.int64)
@@ -108,16 +108,20 @@ def initial_models(scenario: Scenario, data: FederatedData, nodes: np.ndarray) -
 
 def build_shard(
     scenario: Scenario,
-    data: FederatedData,
+    data: FederatedData | LazyFederatedData,
     model: nn.Module,
     owned: Sequence[int] | np.ndarray,
     *,
     initial: bool = True,
 ) -> GossipShard:
     """The shard of ``owned`` nodes, with their initial models (``initial=False``: zeros, for a shard about to
-    load a saved state; building hundreds of initial models costs seconds)."""
+    load a saved state; building hundreds of initial models costs seconds). A client-drawn dataset gives the
+    shard its nodes' examples only (``LazyFederatedData.cohort``, addressed by population id as the whole
+    population's would be), so a worker holds its own nodes' data, not every node's."""
     net = build_network(scenario, data, model)
     nodes = np.asarray(owned, dtype=np.int64)
+    if isinstance(data, LazyFederatedData):
+        data = data.cohort(nodes.tolist())
     if initial:
         params = initial_models(scenario, data, nodes)
     else:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from local_grid import LocalGrid, MemoryRecorder
 
+from fedsim.data import FederatedData
 from fedsim.engine.gossip_network import build_shard
 from fedsim.engine.preflight import check_before_run
 from fedsim.engine.server import Engine
@@ -46,8 +47,8 @@ def run_engine(sc, workers=(11, 22, 33)):
     return rec.rows, grid
 
 
-def one_process(sc):
-    data = build_data(sc)
+def one_process(sc, data=None):
+    data = build_data(sc) if data is None else data
     model = build_initial_model(sc, data)
     shard = build_shard(sc, data, model, np.arange(sc.population.clients))
     rows = []
@@ -356,3 +357,45 @@ def test_sticky_actors_give_the_run_of_contexts_always_sent_whole(restart):
     # its restarts before the 5th and 9th messages lose both: each node's next message went withheld, was
     # answered so, and was sent again whole (the 10th, the 9th's second run, restarted with the whole context)
     assert grid.sent_whole == (4 if restart(5) else 0)
+
+
+def client_drawn(**gossip):
+    """BASE on blobs drawn per client (``draw: client``): 12 nodes of 10 examples."""
+    data = {
+        "dataset": "blobs",
+        "args": {"shape": [6], "samples_per_client": 10, "test_samples": 60, "draw": "client"},
+        "partitioner": "iid",
+    }
+    return parse_scenario({**BASE, "data": data, "gossip": {**BASE["gossip"], **gossip}})
+
+
+def test_a_shard_of_client_drawn_data_holds_its_own_nodes_examples_only():
+    sc = client_drawn(schedule="profile")  # the profile schedule reads every node's size
+    data = build_data(sc)
+    owned = [1, 5, 6]
+    shard = build_shard(sc, data, build_initial_model(sc, data), owned)
+    assert "_materialized" not in data.__dict__  # the population was never pooled
+    assert len(shard.data.train_y) == sum(data.num_examples(c) for c in owned)
+    for c in owned:
+        x, y = shard.data.client_data(c)
+        want_x, want_y = data.client_data(c)
+        assert torch.equal(x, want_x) and torch.equal(y, want_y)
+
+
+def test_gossip_on_client_drawn_data_runs_as_on_the_pooled_population():
+    """Oracle: one process whose shard trains on the population pooled (what every worker built before)."""
+    sc = client_drawn(mode="push-pull", schedule="profile")
+    rows, _ = run_engine(sc)
+    drawn = build_data(sc)
+    pooled = FederatedData(
+        train_x=drawn.train_x, train_y=drawn.train_y, test_x=drawn.test_x, test_y=drawn.test_y,
+        partitions=drawn.partitions, num_classes=drawn.num_classes, input_shape=drawn.input_shape,
+    )  # fmt: skip
+    want = one_process(sc, pooled)
+    assert [r["tick"] for r in rows] == [r["tick"] for r in want] == [0, 30, 60]
+    for a, b in zip(rows, want, strict=True):
+        for k in ("trained", "sent", "merges", "timeout_merges"):
+            assert a[k] == b[k], (a["tick"], k)
+        for k in ("test_accuracy_mean", "test_accuracy_avg_model", "consensus_distance"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["tick"], k)
+    assert rows[-1]["trained"] > 0
