@@ -73,6 +73,16 @@ def one_process(sc, data=None):
     return rows
 
 
+def assert_same_evaluations(rows, want):
+    """The engine's evaluation rows equal the one-process run's: counters exactly, metrics to float tolerance."""
+    assert [r["tick"] for r in rows] == [r["tick"] for r in want] == [0, 30, 60]
+    for a, b in zip(rows, want, strict=True):
+        for k in ("trained", "sent", "merges", "timeout_merges"):
+            assert a[k] == b[k], (a["tick"], k)
+        for k in ("test_accuracy_mean", "test_accuracy_avg_model", "consensus_distance"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["tick"], k)
+
+
 @pytest.mark.parametrize(
     "gossip",
     [
@@ -86,12 +96,7 @@ def test_the_engine_runs_the_network_as_one_process_would(gossip):
     sc = scenario(**gossip)
     rows, grid = run_engine(sc)
     want = one_process(sc)
-    assert [r["tick"] for r in rows] == [r["tick"] for r in want] == [0, 30, 60]
-    for a, b in zip(rows, want, strict=True):
-        for k in ("trained", "sent", "merges", "timeout_merges"):
-            assert a[k] == b[k], (a["tick"], k)
-        for k in ("test_accuracy_mean", "test_accuracy_avg_model", "consensus_distance"):
-            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["tick"], k)
+    assert_same_evaluations(rows, want)
     assert rows[-1]["merges"] > 0 and rows[-1]["models_across_workers"] > 0
     # one message per worker per superstep, every superstep to every worker
     supersteps = {}
@@ -392,10 +397,5 @@ def test_gossip_on_client_drawn_data_runs_as_on_the_pooled_population():
         partitions=drawn.partitions, num_classes=drawn.num_classes, input_shape=drawn.input_shape,
     )  # fmt: skip
     want = one_process(sc, pooled)
-    assert [r["tick"] for r in rows] == [r["tick"] for r in want] == [0, 30, 60]
-    for a, b in zip(rows, want, strict=True):
-        for k in ("trained", "sent", "merges", "timeout_merges"):
-            assert a[k] == b[k], (a["tick"], k)
-        for k in ("test_accuracy_mean", "test_accuracy_avg_model", "consensus_distance"):
-            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["tick"], k)
+    assert_same_evaluations(rows, want)
     assert rows[-1]["trained"] > 0
