@@ -15,6 +15,7 @@ the generating distribution's exact moments instead of a sample's (see ``regress
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -133,11 +134,9 @@ def regression(request: DataRequest) -> SplitData:
     if n * d > MAX_VALUES:
         raise ConfigError("data.args", f"n·d <= {MAX_VALUES:.0e}", dict(request.args))
     rng = request.rng(GENERATE)
-    w = rng.standard_normal((_TEACHER_UNITS, d))
-    b = rng.standard_normal(_TEACHER_UNITS)
-    a = rng.standard_normal(_TEACHER_UNITS)
+    teacher = Teacher.draw(rng, d, noise)
     x = rng.standard_normal((n, d))
-    y = np.tanh(x @ w.T / np.sqrt(d) + b) @ a + 0.5 * x[:, 0] + noise * rng.standard_normal(n)
+    y = teacher.signal(x) + noise * rng.standard_normal(n)
     return _split_and_standardise(x, y, request)
 
 
@@ -157,12 +156,9 @@ def _client_drawn(request: DataRequest, n: int, d: int, noise: float) -> SplitDa
             dict(request.args),
         )
     rng = request.rng(GENERATE)
-    w = rng.standard_normal((_TEACHER_UNITS, d))
-    b = rng.standard_normal(_TEACHER_UNITS)
-    a = rng.standard_normal(_TEACHER_UNITS)
-    mean, std = target_moments(w, b, a, noise)
-    test_x, test_y = _examples(rng, w, b, a, noise, mean, std, n_test)
-    draw = functools.partial(_client_examples, request.seed, w, b, a, noise, mean, std, count, clients)
+    teacher = Teacher.draw(rng, d, noise)
+    test_x, test_y = teacher.examples(rng, n_test)
+    draw = functools.partial(_client_examples, request.seed, teacher, count, clients)
     return SplitData(
         train_x=np.zeros((0, d), dtype=np.float32),
         train_y=np.zeros(0, dtype=np.float32),
@@ -174,53 +170,61 @@ def _client_drawn(request: DataRequest, n: int, d: int, noise: float) -> SplitDa
     )
 
 
-def _examples(
-    rng: np.random.Generator,
-    w: np.ndarray,
-    b: np.ndarray,
-    a: np.ndarray,
-    noise: float,
-    mean: float,
-    std: float,
-    n: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` examples of the teacher from ``rng``, standardised with the distribution's moments: x as drawn (mean
-    0, deviation 1), y as ``(y − mean) / std``; float32. Row i is the stream's (d + 1)·i-th to (d + 1)·(i + 1)-th
-    normals (its features, then its target's noise), so the first k examples are the same whatever ``n`` >= k.
-    Made ``_CHUNK_ROWS`` rows at a time (a large test set costs its float32 result, not its float64 work)."""
-    d = w.shape[1]
-    x_out = np.empty((n, d), dtype=np.float32)
-    y_out = np.empty(n, dtype=np.float32)
-    for start in range(0, n, _CHUNK_ROWS):
-        rows = min(_CHUNK_ROWS, n - start)
-        z = rng.standard_normal((rows, d + 1))
-        x = z[:, :d]
-        y = np.tanh(x @ w.T / np.sqrt(d) + b) @ a + 0.5 * x[:, 0] + noise * z[:, d]
-        x_out[start : start + rows] = x
-        y_out[start : start + rows] = (y - mean) / std
-    return x_out, y_out
+@dataclass(frozen=True, eq=False)
+class Teacher:
+    """The generating network: ``signal(x) = Σ_k a_k tanh(w_kᵀx/√d + b_k) + x_1/2``, ``y = signal(x) + noise·ε``.
+    ``moments``: the target's exact mean and standard deviation under x ~ N(0, I_d), ε ~ N(0, 1)
+    (``target_moments``, a quadrature: computed when first asked, by ``examples`` only, never for ``population``)."""
+
+    w: np.ndarray
+    b: np.ndarray
+    a: np.ndarray
+    noise: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, d: int, noise: float) -> Teacher:
+        """The teacher's weights from ``rng``: w, then b, then a (the run's stream's first draws)."""
+        w = rng.standard_normal((_TEACHER_UNITS, d))
+        b = rng.standard_normal(_TEACHER_UNITS)
+        a = rng.standard_normal(_TEACHER_UNITS)
+        return cls(w, b, a, noise)
+
+    @functools.cached_property
+    def moments(self) -> tuple[float, float]:
+        return target_moments(self.w, self.b, self.a, self.noise)
+
+    def signal(self, x: np.ndarray) -> np.ndarray:
+        """The target of ``x`` before noise."""
+        return np.tanh(x @ self.w.T / np.sqrt(x.shape[1]) + self.b) @ self.a + 0.5 * x[:, 0]
+
+    def examples(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` examples from ``rng``, standardised with the distribution's moments: x as drawn (mean 0, deviation
+        1), y as ``(y − mean) / std``; float32. Row i is the stream's (d + 1)·i-th to (d + 1)·(i + 1)-th normals
+        (its features, then its target's noise), so the first k examples are the same whatever ``n`` >= k. Made
+        ``_CHUNK_ROWS`` rows at a time (a large test set costs its float32 result, not its float64 work)."""
+        d = self.w.shape[1]
+        mean, std = self.moments
+        x_out = np.empty((n, d), dtype=np.float32)
+        y_out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, _CHUNK_ROWS):
+            rows = min(_CHUNK_ROWS, n - start)
+            z = rng.standard_normal((rows, d + 1))
+            x = z[:, :d]
+            y = self.signal(x) + self.noise * z[:, d]
+            x_out[start : start + rows] = x
+            y_out[start : start + rows] = (y - mean) / std
+        return x_out, y_out
 
 
 _CHUNK_ROWS = 2**16
 
 
-def _client_examples(
-    seed: int,
-    w: np.ndarray,
-    b: np.ndarray,
-    a: np.ndarray,
-    noise: float,
-    mean: float,
-    std: float,
-    count: int,
-    clients: int,
-    cid: int,
-) -> tuple[np.ndarray, np.ndarray]:
+def _client_examples(seed: int, teacher: Teacher, count: int, clients: int, cid: int) -> tuple[np.ndarray, np.ndarray]:
     """Client ``cid``'s examples under ``draw: client``: its ``iid`` share of the ``count`` training examples,
     drawn from its own stream."""
     div, mod = divmod(count, clients)
     size = div + (1 if cid < mod else 0)
-    return _examples(generator(seed, Stream.DATA_CLIENT, cid), w, b, a, noise, mean, std, size)
+    return teacher.examples(generator(seed, Stream.DATA_CLIENT, cid), size)
 
 
 # Trapezoidal quadrature against the standard normal density on [-_SPAN, _SPAN]: the integrands are analytic in a
