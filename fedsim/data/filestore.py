@@ -1,4 +1,4 @@
-"""The machine's data cache folder and its file lock, shared by the engine's cache of built datasets
+"""The machine's data cache folder, its file lock and its write-once folders, shared by the engine's cache of built datasets
 (``fedsim.engine.data_cache``) and the memory-mapped file-backed datasets (``fedsim.data.mapped``).
 
 ``FEDSIM_CACHE_DIR`` sets the folder (default: ``<tmp>/fedsim-cache-<uid>``); ``FEDSIM_DATA_CACHE=0`` turns the
@@ -12,8 +12,9 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -41,6 +42,28 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(root: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """The complete cache folder ``root / name``, written once between processes: the first one to take the lock
+    where it is missing runs ``write`` into a private folder and renames it into place, so no process ever sees a
+    partial folder (a complete one holds ``meta.json``; one left without it by a crash is replaced).
+
+    Raises what making ``root`` or ``write`` raise (an unwritable cache: ``PermissionError``/``OSError``)."""
+    folder = root / name
+    if (folder / "meta.json").exists():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with locked(root / f"{name}.lock"):
+        if not (folder / "meta.json").exists():
+            partial = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=root))
+            try:
+                write(partial)
+                shutil.rmtree(folder, ignore_errors=True)  # a folder left without meta.json by a crash
+                os.replace(partial, folder)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 FILE_LIBRARIES = ("numpy", "datasets", "flwr-datasets", "pyarrow", "pillow")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.base import ClientSource, DataRequest, SplitData
-from fedsim.data.filestore import cache_enabled, cache_root, data_code_fingerprint, locked
+from fedsim.data.filestore import build_once, cache_enabled, cache_root, data_code_fingerprint
 from fedsim.data.partitioners import PARTITIONERS
 
 FORMAT = 1
@@ -72,24 +72,8 @@ def mapped_split(request: DataRequest, files: list[str], build: Callable[[Path],
     and the folder removed (the mapping keeps the files until the process ends).
     """
     if cache_enabled():
-        root = cache_root()
-        folder = root / f"mapped-{mapped_key(request, files)}"
-        if (folder / "meta.json").exists():
-            return open_split(folder)
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            with locked(root / f"{folder.name}.lock"):
-                if not (folder / "meta.json").exists():
-                    partial = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=root))
-                    try:
-                        build(partial)
-                        shutil.rmtree(
-                            folder, ignore_errors=True
-                        )  # a folder left without meta.json by a crash
-                        os.replace(partial, folder)
-                    finally:
-                        shutil.rmtree(partial, ignore_errors=True)
-            return open_split(folder)
+            return open_split(build_once(cache_root(), f"mapped-{mapped_key(request, files)}", build))
         except PermissionError:
             pass  # an unwritable cache: a private copy below
     folder = Path(tempfile.mkdtemp(prefix="fedsim-mapped-"))

@@ -22,9 +22,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +31,7 @@ import torch
 
 import fedsim.data
 from fedsim.data import FederatedData
-from fedsim.data.filestore import cache_enabled, cache_root
-from fedsim.data.filestore import locked as _locked
+from fedsim.data.filestore import build_once, cache_enabled, cache_root
 from fedsim.data.partitions import Partitions
 from fedsim.scenario import Scenario
 
@@ -141,22 +137,8 @@ def cached(scenario: Scenario, build: Callable[[], FederatedData]) -> FederatedD
     if not cache_enabled():
         return build()
     root = cache_root()
-    folder = root / data_key(scenario)
-    if (folder / "meta.json").exists():
-        return load(folder)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with _locked(root / f"{folder.name}.lock"):
-            if not (folder / "meta.json").exists():
-                data = build()
-                partial = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=root))
-                try:
-                    save(data, partial)
-                    shutil.rmtree(folder, ignore_errors=True)  # a folder left without meta.json by a crash
-                    os.replace(partial, folder)
-                finally:
-                    shutil.rmtree(partial, ignore_errors=True)
-        return load(folder)
+        return load(build_once(root, data_key(scenario), lambda folder: save(build(), folder)))
     except OSError as exc:
         log.warning("fedsim: data cache at %s unusable (%s); building the data in memory", root, exc)
         return build()
